@@ -1,0 +1,1 @@
+"""Models and named architectures registered by mega-fairseq (explicit imports, one per model)."""
