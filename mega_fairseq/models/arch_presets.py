@@ -82,5 +82,8 @@ def write_preset_yamls(config_dir: str = CONFIG_DIR) -> None:
 
 if __name__ == "__main__":
     import mega_fairseq  # noqa: F401  (registers every model's presets)
+    # Run as a script this file is "__main__"; the registry that the models filled is the one of
+    # the imported module, so call through it.
+    from mega_fairseq.models import arch_presets
 
-    write_preset_yamls(sys.argv[1] if len(sys.argv) > 1 else CONFIG_DIR)
+    arch_presets.write_preset_yamls(sys.argv[1] if len(sys.argv) > 1 else CONFIG_DIR)
