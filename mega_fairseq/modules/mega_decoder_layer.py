@@ -1,0 +1,141 @@
+"""MegaDecoderLayer: causal Mega attention, optional gated cross-attention, feed-forward network."""
+
+from typing import Dict, Optional
+
+import torch.nn as nn
+from torch import Tensor
+
+from .gated_cross_attention import GatedCrossAttention
+from .layer_args import layer_arg
+from .moving_average_gated_attention import MovingAverageGatedAttention
+from .normalized_feedforward_network import NormalizedFeedForwardNetwork
+
+
+class MegaDecoderLayer(nn.Module):
+    """One decoder block, built from fairseq args like the official layer.
+
+    Reads the ``decoder_*`` twins of :class:`MegaEncoderLayer`'s settings plus
+    ``max_target_positions`` (and ``max_source_positions`` for the cross-attention bias, which
+    is sized ``max(max_target_positions, max_source_positions)``). ``no_cross_attention=True``
+    builds the language-model block (no ``cross_attn``).
+    """
+
+    def __init__(self, args, no_cross_attention: bool = False):
+        super().__init__()
+        self.embed_dim = layer_arg(args, "decoder_embed_dim")
+        self.mega_layer = self.build_mega_layer(self.embed_dim, args)
+        self.cross_attn = None if no_cross_attention else self.build_cross_attn(self.embed_dim, args)
+        ffn_dim = layer_arg(args, "decoder_ffn_embed_dim", 0)
+        self.nffn = self.build_nffn_layer(self.embed_dim, args) if ffn_dim > 0 else None
+        self.need_attn = False
+        self.onnx_trace = False
+
+    def build_mega_layer(self, embed_dim, args) -> MovingAverageGatedAttention:
+        return MovingAverageGatedAttention(
+            embed_dim=embed_dim,
+            zdim=layer_arg(args, "decoder_z_dim"),
+            hdim=layer_arg(args, "decoder_hidden_dim"),
+            ndim=layer_arg(args, "decoder_n_dim"),
+            dropout=layer_arg(args, "dropout"),
+            attention_dropout=layer_arg(args, "attention_dropout"),
+            hidden_dropout=layer_arg(args, "hidden_dropout"),
+            chunk_size=layer_arg(args, "decoder_chunk_size"),
+            truncation=layer_arg(args, "truncation_length"),
+            rel_pos_bias=layer_arg(args, "rel_pos_bias"),
+            max_positions=layer_arg(args, "max_target_positions"),
+            activation=layer_arg(args, "activation_fn"),
+            attention_activation=layer_arg(args, "attention_activation_fn"),
+            bidirectional=False,
+            norm_type=layer_arg(args, "normalization_type"),
+            prenorm=layer_arg(args, "normalize_before"),
+            feature_dropout=layer_arg(args, "feature_dropout"),
+        )
+
+    def build_cross_attn(self, embed_dim, args) -> GatedCrossAttention:
+        return GatedCrossAttention(
+            embed_dim=embed_dim,
+            zdim=layer_arg(args, "decoder_z_dim"),
+            ndim=layer_arg(args, "decoder_n_dim"),
+            dropout=layer_arg(args, "dropout"),
+            attention_dropout=layer_arg(args, "attention_dropout"),
+            hidden_dropout=layer_arg(args, "hidden_dropout"),
+            activation=layer_arg(args, "activation_fn"),
+            attention_activation=layer_arg(args, "attention_activation_fn"),
+            norm_type=layer_arg(args, "normalization_type"),
+            prenorm=layer_arg(args, "normalize_before"),
+            feature_dropout=layer_arg(args, "feature_dropout"),
+            rel_pos_bias=layer_arg(args, "rel_pos_bias"),
+            max_positions=max(layer_arg(args, "max_target_positions"), layer_arg(args, "max_source_positions")),
+        )
+
+    def build_nffn_layer(self, embed_dim, args) -> NormalizedFeedForwardNetwork:
+        return NormalizedFeedForwardNetwork(
+            embed_dim=embed_dim,
+            ffn_hidden_dim=layer_arg(args, "decoder_ffn_embed_dim"),
+            dropout=layer_arg(args, "dropout"),
+            hidden_dropout=layer_arg(args, "activation_dropout"),
+            activation=layer_arg(args, "activation_fn"),
+            norm_type=layer_arg(args, "normalization_type"),
+            prenorm=layer_arg(args, "normalize_before"),
+            feature_dropout=layer_arg(args, "feature_dropout"),
+        )
+
+    def prepare_for_onnx_export_(self):
+        self.onnx_trace = True
+
+    def forward(
+        self,
+        x: Tensor,
+        encoder_out: Optional[Tensor] = None,
+        encoder_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        attn_mask: Optional[Tensor] = None,
+        decoder_padding_mask: Optional[Tensor] = None,
+        need_attn: bool = False,
+    ):
+        """Run the block.
+
+        Args:
+            x: Tgt x Batch x D (in incremental mode: the new tokens only).
+            encoder_out: Src x Batch x D, required when the layer has cross-attention.
+            encoder_padding_mask: Batch x Src bool, True = pad.
+            incremental_state: fairseq incremental-decoding dict.
+            attn_mask: causal mask of the full forward (see MovingAverageGatedAttention).
+            decoder_padding_mask: Batch x Tgt bool, True = pad (new tokens only when incremental).
+            need_attn: return the cross-attention weights (Batch x Tgt x Src).
+
+        Returns:
+            ``(x, attn, None)``: x is Tgt x Batch x D; attn is None without cross-attention or
+            when not requested.
+        """
+        x, attn = self.mega_layer(
+            x=x,
+            padding_mask=decoder_padding_mask,
+            incremental_state=incremental_state,
+            need_weights=False,
+            attn_mask=attn_mask,
+        )
+        if self.cross_attn is not None:
+            if encoder_out is None and not self._has_cached_cross_state(incremental_state):
+                raise ValueError("encoder_out (Src x Batch x D) is required by a decoder layer with cross-attention")
+            x, attn = self.cross_attn(
+                query=x,
+                key=encoder_out,
+                value=encoder_out,
+                padding_mask=decoder_padding_mask,
+                key_padding_mask=encoder_padding_mask,
+                incremental_state=incremental_state,
+                static_kv=True,
+                need_weights=need_attn,
+            )
+        if self.nffn is not None:
+            x = self.nffn(x)
+        return x, attn, None
+
+    def _has_cached_cross_state(self, incremental_state) -> bool:
+        if incremental_state is None:
+            return False
+        return "prev_key" in self.cross_attn._get_input_buffer(incremental_state)
+
+    def make_generation_fast_(self, need_attn: bool = False, **kwargs):
+        self.need_attn = need_attn

@@ -1,0 +1,340 @@
+"""Moving Average Equipped Gated Attention: the Mega self-attention sub-layer."""
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
+from torch import Tensor
+
+from .activations import check_attention_activation, get_activation_fn
+from .attention_weights import attention_weights, causal_attention_mask
+from .exponential_moving_average import MultiHeadEMA
+from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
+from .relative_positional_bias import build_relative_positional_bias
+from .sequence_norm import SequenceNorm
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+@with_incremental_state
+class MovingAverageGatedAttention(nn.Module):
+    """Single-head gated attention whose queries and keys come from a multi-head EMA.
+
+    With ``X`` the (normed) input, ``X' = EMA(X)``: ``v = act(W_v X)``; ``[u | z, r | hx] =
+    W_mx X'``; ``u = sigmoid(u)``, ``z, r = silu(.)``; ``q = z * gamma[0] + beta[0]`` and ``k =
+    z * gamma[1] + beta[1]``; ``h = act(hx + W_h((attn(q, k) v) * r))``; ``out = x + u * (h - x)``.
+
+    With ``chunk_size > 0`` the sequence is cut into chunks that attend only within themselves
+    (the EMA still runs over the whole sequence); any length works (the last chunk is padded
+    internally). Incremental decoding (causal modules only) caches keys/values of the current
+    chunk and remembers decoder padding across steps; a step may hold several tokens.
+
+    Constructor arguments, parameter names and the forward signature follow the official code.
+    """
+
+    def __init__(
+        self,
+        embed_dim,
+        zdim,
+        hdim,
+        ndim,
+        dropout=0.0,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        activation="silu",
+        attention_activation="softmax",
+        bidirectional=False,
+        chunk_size=-1,
+        truncation=None,
+        norm_type="layernorm",
+        prenorm=True,
+        norm_affine=True,
+        feature_dropout=False,
+        rel_pos_bias="simple",
+        max_positions=1024,
+        export=False,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.zdim = zdim
+        self.hdim = hdim
+        self.ndim = ndim
+        self.activation = get_activation_fn(activation)
+        self.attention_activation = check_attention_activation(attention_activation)
+        self.scaling = zdim ** -0.5 if attention_activation == "softmax" else None
+        self.bidirectional = bidirectional
+
+        dropout_class = FairseqFeatureDropout if feature_dropout else FairseqDropout
+        self.dropout = dropout_class(dropout, module_name=self.__class__.__name__)
+        self.hidden_dropout = dropout_class(hidden_dropout, module_name=self.__class__.__name__)
+        self.attention_dropout = FairseqDropout(attention_dropout, module_name=self.__class__.__name__)
+
+        self.chunk_size = chunk_size if chunk_size is not None else -1
+        self.prenorm = prenorm
+        self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine, export=export)
+        self.move = MultiHeadEMA(embed_dim, ndim=ndim, bidirectional=bidirectional, truncation=truncation)
+
+        self.v_proj = nn.Linear(embed_dim, hdim)
+        self.mx_proj = nn.Linear(embed_dim, zdim + hdim + 2 * embed_dim)
+        self.h_proj = nn.Linear(hdim, embed_dim)
+        self.gamma = nn.Parameter(torch.empty(2, zdim))
+        self.beta = nn.Parameter(torch.empty(2, zdim))
+
+        self.max_positions = max_positions
+        bias_positions = self.chunk_size if self.chunked else max_positions
+        self.rel_pos_bias = build_relative_positional_bias(rel_pos_bias, zdim, bias_positions)
+        self.reset_parameters()
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunk_size > 0
+
+    def reset_parameters(self):
+        for linear in (self.v_proj, self.mx_proj, self.h_proj):
+            nn.init.normal_(linear.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(linear.bias)
+        nn.init.normal_(self.gamma, mean=0.0, std=0.02)
+        nn.init.zeros_(self.beta)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        x: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        need_weights: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_attn_fn: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Run the layer.
+
+        Args:
+            x: Time x Batch x embed_dim.
+            padding_mask: Batch x Time bool (True = pad) or None. In incremental mode it covers
+                only the new tokens; earlier padding is remembered.
+            incremental_state: fairseq incremental-decoding dict; the call then continues the
+                cached sequence with ``x`` (one or more new tokens) and is always causal.
+            need_weights: also return the attention weights.
+            attn_mask: full-forward mask, ``(n, n)`` with ``n = chunk_size`` when
+                ``0 < chunk_size < Time`` else ``n = Time``: additive 0/-inf for softmax,
+                multiplicative 1/0 for relu2/laplace (a larger mask is cut to ``n x n``).
+                Ignored in incremental mode.
+            before_attn_fn: return ``(scores before the attention activation, values)``.
+
+        Returns:
+            ``(out, weights)``: out is Time x Batch x embed_dim in x's dtype; weights (or None) is
+            Batch x Chunks x ChunkQueries x ChunkKeys.
+        """
+        seq_len, bsz = self._check_input(x, padding_mask)
+        if padding_mask is not None and padding_mask.dtype != torch.bool:
+            padding_mask = padding_mask.bool()
+        saved_state = None
+        if incremental_state is not None:
+            if self.bidirectional:
+                raise ValueError(
+                    "incremental_state is not supported when bidirectional=True; allowed: "
+                    "incremental_state=None, or a module built with bidirectional=False"
+                )
+            saved_state = self._get_input_buffer(incremental_state)
+
+        residual = x
+        if self.prenorm:
+            x = self.norm(x)
+
+        # T x B x H
+        v = self.activation(self.v_proj(x))
+        # T x B x D
+        mx = self.dropout(self.move(x, padding_mask, incremental_state))
+        # T x B x (D + Z + H + D)
+        base = self.mx_proj(mx)
+        u, zr, hx = torch.split(base, [self.embed_dim, self.zdim + self.hdim, self.embed_dim], dim=-1)
+        u = torch.sigmoid(u)
+        z, r = torch.split(F.silu(zr), [self.zdim, self.hdim], dim=-1)
+        # T x B x 1 x Z -> T x B x 2 x Z -> two T x B x Z
+        q, k = torch.unbind(z.unsqueeze(2) * self.gamma + self.beta, dim=2)
+
+        # T x B x C -> B x T x C
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        v = self.hidden_dropout(v, batch_first=True)
+
+        if saved_state is not None:
+            h, weights = self._incremental_attention(q, k, v, padding_mask, saved_state, before_attn_fn)
+            self._set_input_buffer(incremental_state, saved_state)
+        else:
+            h, weights = self._chunked_attention(q, k, v, padding_mask, attn_mask, before_attn_fn)
+        if before_attn_fn:
+            return weights, h
+
+        # B x T x H -> T x B x H
+        h = h.transpose(0, 1)
+        h = self.dropout(self.activation(hx + self.h_proj(h * r)))
+        out = torch.addcmul(residual, u, h - residual)
+        if not self.prenorm:
+            out = self.norm(out)
+        return out, (weights if need_weights else None)
+
+    def _check_input(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tuple[int, int]:
+        if x.dim() != 3 or x.size(-1) != self.embed_dim:
+            raise ValueError(
+                "x must be Time x Batch x embed_dim with embed_dim={}, got shape {}".format(
+                    self.embed_dim, tuple(x.shape)
+                )
+            )
+        seq_len, bsz, _ = x.shape
+        if padding_mask is not None and tuple(padding_mask.shape) != (bsz, seq_len):
+            raise ValueError(
+                "padding_mask must be Batch x Time = {}, got shape {}".format((bsz, seq_len), tuple(padding_mask.shape))
+            )
+        return seq_len, bsz
+
+    # ---------------------------------------------------------------- attention
+
+    def _attend(self, q, k, v, bias, key_padding_mask, attn_mask, before_attn_fn):
+        """Attention within frames: q ``(..., Q, Z)``, k ``(..., K, Z)``, v ``(..., K, H)``."""
+        weights = attention_weights(
+            q, k, bias, self.attention_activation, key_padding_mask, attn_mask, before_attn_fn=before_attn_fn
+        )
+        if before_attn_fn:
+            return v, weights
+        h = torch.matmul(self.attention_dropout(weights).to(v.dtype), v)
+        return h, weights
+
+    def _chunked_attention(self, q, k, v, padding_mask, attn_mask, before_attn_fn=False):
+        """Full-sequence attention, chunk by chunk.
+
+        q, k: B x L x Z; v: B x L x H; padding_mask: B x L or None. Returns h (B x L x H) and the
+        weights (B x K x n x n).
+        """
+        bsz, seq_len, _ = q.shape
+        if self.chunked and seq_len > self.chunk_size:
+            frame = self.chunk_size
+            num_chunks = math.ceil(seq_len / frame)
+        else:
+            frame, num_chunks = seq_len, 1
+        self.rel_pos_bias.check_length(frame)
+
+        extra = num_chunks * frame - seq_len
+        if extra > 0:
+            # Pad to a whole number of chunks; the extra keys are masked as padding.
+            q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+            if padding_mask is None:
+                padding_mask = q.new_zeros(bsz, seq_len, dtype=torch.bool)
+            padding_mask = F.pad(padding_mask, (0, extra), value=True)
+
+        q = q.reshape(bsz, num_chunks, frame, self.zdim)
+        k = k.reshape(bsz, num_chunks, frame, self.zdim)
+        v = v.reshape(bsz, num_chunks, frame, self.hdim)
+        if padding_mask is not None:
+            padding_mask = padding_mask.reshape(bsz, num_chunks, frame)
+        if attn_mask is not None:
+            attn_mask = self._fit_attn_mask(attn_mask, frame).to(q.dtype)
+
+        bias = self.rel_pos_bias(frame).to(q.dtype)
+        h, weights = self._attend(q, k, v, bias, padding_mask, attn_mask, before_attn_fn)
+        if before_attn_fn:
+            return h, weights
+        h = h.reshape(bsz, num_chunks * frame, self.hdim)
+        if extra > 0:
+            h = h[:, :seq_len]
+        return h, weights
+
+    @staticmethod
+    def _fit_attn_mask(attn_mask: Tensor, frame: int) -> Tensor:
+        if attn_mask.dim() != 2 or attn_mask.size(0) < frame or attn_mask.size(1) < frame:
+            raise ValueError(
+                "attn_mask must be (n, n) with n >= {} (the chunk or sequence length), got shape {}".format(
+                    frame, tuple(attn_mask.shape)
+                )
+            )
+        return attn_mask[:frame, :frame]
+
+    def _incremental_attention(self, q, k, v, padding_mask, saved_state, before_attn_fn=False):
+        """Attention of new tokens against the cached keys of the current chunk.
+
+        q, k: B x S x Z and v: B x S x H for the S new tokens; padding_mask: B x S or None.
+        Updates ``saved_state`` in place; returns h (B x S x H) and the weights.
+        """
+        bsz, num_new, _ = q.shape
+        prev_key = saved_state.get("prev_key")
+        prev_value = saved_state.get("prev_value")
+        prev_mask = saved_state.get("prev_key_padding_mask")
+        num_prev = prev_key.size(1) if prev_key is not None else 0
+        if prev_key is not None:
+            k = torch.cat([prev_key, k], dim=1)
+            v = torch.cat([prev_value, v], dim=1)
+        key_padding_mask = self._append_padding_mask(prev_mask, padding_mask, bsz, num_prev, num_new, q.device)
+        total = num_prev + num_new
+
+        if self.chunked and total > self.chunk_size:
+            # The step crosses a chunk boundary: place the queries at their positions in the
+            # frame (dummy queries in front) and run the chunked causal path.
+            frame_q = F.pad(q, (0, 0, num_prev, 0))
+            mask = causal_attention_mask(self.chunk_size, self.chunk_size, 0, self.attention_activation, q)
+            h, weights = self._chunked_attention(frame_q, k, v, key_padding_mask, mask, before_attn_fn)
+            if not before_attn_fn:
+                h = h[:, num_prev:]
+        else:
+            self.rel_pos_bias.check_length(total)
+            query_positions = torch.arange(num_prev, total, device=q.device)
+            key_positions = torch.arange(total, device=q.device)
+            bias = self.rel_pos_bias.for_positions(query_positions, key_positions, total).to(q.dtype)
+            mask = None
+            if num_new > 1:
+                mask = causal_attention_mask(num_new, total, num_prev, self.attention_activation, q)
+            kpm = key_padding_mask.unsqueeze(1) if key_padding_mask is not None else None
+            h, weights = self._attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), bias, kpm, mask, before_attn_fn)
+            if not before_attn_fn:
+                h = h.squeeze(1)
+
+        keep = total % self.chunk_size if self.chunked else total
+        if keep == 0:
+            for name in ("prev_key", "prev_value", "prev_key_padding_mask"):
+                saved_state.pop(name, None)
+        else:
+            saved_state["prev_key"] = k[:, total - keep:]
+            saved_state["prev_value"] = v[:, total - keep:]
+            if key_padding_mask is not None:
+                saved_state["prev_key_padding_mask"] = key_padding_mask[:, total - keep:]
+            else:
+                saved_state.pop("prev_key_padding_mask", None)
+        return h, weights
+
+    @staticmethod
+    def _append_padding_mask(prev_mask, new_mask, bsz, num_prev, num_new, device) -> Optional[Tensor]:
+        """Padding of cached + new keys (B x (num_prev + num_new)), or None when nothing is padded."""
+        if prev_mask is None and new_mask is None:
+            return None
+        if prev_mask is None:
+            prev_mask = torch.zeros(bsz, num_prev, dtype=torch.bool, device=device)
+        if new_mask is None:
+            new_mask = torch.zeros(bsz, num_new, dtype=torch.bool, device=device)
+        return torch.cat([prev_mask, new_mask], dim=1)
+
+    # -------------------------------------------------------- incremental state
+
+    def _get_input_buffer(self, incremental_state: Optional[IncrementalState]) -> Dict[str, Optional[Tensor]]:
+        result = self.get_incremental_state(incremental_state, "attn_state")
+        return result if result is not None else {}
+
+    def _set_input_buffer(self, incremental_state: IncrementalState, buffer: Dict[str, Optional[Tensor]]):
+        return self.set_incremental_state(incremental_state, "attn_state", buffer)
+
+    @torch.jit.export
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor):
+        """Select batch rows ``new_order`` (a permutation or a beam expansion) of every cached tensor."""
+        buffer = self._get_input_buffer(incremental_state)
+        for name, value in list(buffer.items()):
+            if isinstance(value, Tensor):
+                buffer[name] = value.index_select(0, new_order)
+        if buffer:
+            self._set_input_buffer(incremental_state, buffer)
+        return incremental_state
+
+    def extra_repr(self) -> str:
+        return "edim={}, zdim={}, hdim={}, ndim={}, chunk={}, attn_act={}, prenorm={}".format(
+            self.embed_dim, self.zdim, self.hdim, self.ndim, self.chunk_size, self.attention_activation, self.prenorm
+        )
