@@ -1,1 +1,2 @@
 """Models and named architectures registered by mega-fairseq (explicit imports, one per model)."""
+from mega_fairseq.models import mega  # noqa: F401  (the 'mega' encoder-decoder and its presets)

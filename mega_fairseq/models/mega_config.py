@@ -1,0 +1,195 @@
+"""MegaConfig: the typed settings of the ``mega`` encoder-decoder, and the named presets.
+
+Field names are the official command-line argument names of the Mega fork, so
+``--encoder-z-dim 128`` etc. work unchanged and checkpoints written by the official code map
+onto this config field by field. The dataclass defaults are the official ``base_architecture``
+values (the ``mega`` preset). Settings whose official default is "the same as another setting"
+(every ``decoder_*`` size defaults to its ``encoder_*`` twin, ``encoder_ffn_embed_dim`` to
+``encoder_hidden_dim``) are ``None`` here and resolved by :func:`resolve_derived_defaults`.
+"""
+import argparse
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.utils import get_available_activation_fns
+from omegaconf import II, open_dict
+from omegaconf.dictconfig import DictConfig
+
+DEFAULT_MAX_SOURCE_POSITIONS = 1024
+DEFAULT_MAX_TARGET_POSITIONS = 1024
+
+ATTENTION_ACTIVATIONS = ("softmax", "relu2", "laplace")
+NORMALIZATION_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
+REL_POS_BIASES = ("simple", "rotary")
+# fairseq's own activations plus the ones the Mega layers add.
+ACTIVATIONS = tuple(dict.fromkeys(list(get_available_activation_fns()) + ["silu"]))
+
+
+@dataclass
+class MegaConfig(FairseqDataclass):
+    # ---- encoder
+    encoder_embed_path: Optional[str] = field(default=None, metadata={"help": "path to pre-trained encoder embedding"})
+    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
+    encoder_hidden_dim: int = field(default=1024, metadata={"help": "encoder hidden (value) dimension of Mega attention"})
+    encoder_z_dim: int = field(default=128, metadata={"help": "encoder shared query/key dimension z"})
+    encoder_n_dim: int = field(default=16, metadata={"help": "encoder EMA dimension n"})
+    encoder_ffn_embed_dim: Optional[int] = field(
+        default=None, metadata={"help": "encoder FFN dimension (default: encoder_hidden_dim; 0 = no FFN)"}
+    )
+    encoder_chunk_size: int = field(default=-1, metadata={"help": "encoder attention chunk size (-1 or 0: no chunks)"})
+    encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
+    # ---- decoder (None: same as the encoder setting)
+    decoder_embed_path: Optional[str] = field(default=None, metadata={"help": "path to pre-trained decoder embedding"})
+    decoder_embed_dim: Optional[int] = field(default=None, metadata={"help": "decoder embedding dim (default: encoder's)"})
+    decoder_hidden_dim: Optional[int] = field(default=None, metadata={"help": "decoder hidden dim (default: encoder's)"})
+    decoder_z_dim: Optional[int] = field(default=None, metadata={"help": "decoder z dim (default: encoder's)"})
+    decoder_n_dim: Optional[int] = field(default=None, metadata={"help": "decoder EMA dim n (default: encoder's)"})
+    decoder_ffn_embed_dim: Optional[int] = field(default=None, metadata={"help": "decoder FFN dim (default: encoder's)"})
+    decoder_chunk_size: Optional[int] = field(default=None, metadata={"help": "decoder chunk size (default: encoder's)"})
+    decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
+    decoder_input_dim: Optional[int] = field(default=None, metadata={"help": "decoder input dim (default: decoder_embed_dim)"})
+    # ---- dropout
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout probability of attention weights"})
+    hidden_dropout: float = field(default=0.0, metadata={"help": "dropout probability of Mega hidden vectors"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout probability after the FFN activation"})
+    feature_dropout: bool = field(default=False, metadata={"help": "drop whole feature channels instead of elements"})
+    # ---- layer flavour
+    activation_fn: ChoiceEnum(ACTIVATIONS) = field(default="silu", metadata={"help": "activation function"})
+    attention_activation_fn: ChoiceEnum(ATTENTION_ACTIVATIONS) = field(
+        default="softmax", metadata={"help": "attention activation function"}
+    )
+    normalization_type: ChoiceEnum(NORMALIZATION_TYPES) = field(default="layernorm", metadata={"help": "normalization"})
+    normalize_before: bool = field(default=False, metadata={"help": "pre-norm layers (plus a final norm)"})
+    normalize_embedding: bool = field(default=False, metadata={"help": "normalize the scaled embeddings"})
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(embed_dim)"})
+    rel_pos_bias: ChoiceEnum(REL_POS_BIASES) = field(default="simple", metadata={"help": "relative positional bias"})
+    truncation_length: Optional[int] = field(
+        default=1024, metadata={"help": "EMA kernel truncation length (0, negative or None: no truncation)"}
+    )
+    # ---- embeddings and output
+    share_all_embeddings: bool = field(default=False, metadata={"help": "share encoder, decoder and output embeddings"})
+    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "share decoder input/output embeddings"})
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None, metadata={"help": "comma separated adaptive softmax cutoffs (use with --criterion adaptive_loss)"}
+    )
+    adaptive_softmax_dropout: float = field(default=0.0, metadata={"help": "adaptive softmax dropout of the tails"})
+    adaptive_softmax_factor: float = field(default=4.0, metadata={"help": "adaptive softmax size factor"})
+    tie_adaptive_weights: bool = field(default=False, metadata={"help": "tie adaptive softmax and input weights"})
+    tie_adaptive_proj: bool = field(default=False, metadata={"help": "tie adaptive softmax projections"})
+    adaptive_input: bool = field(default=False, metadata={"help": "unused; kept for official checkpoints"})
+    # ---- lengths, borrowed from the task
+    max_source_positions: Optional[int] = II("task.max_source_positions")
+    max_target_positions: Optional[int] = II("task.max_target_positions")
+
+
+#: Named presets (overrides of the dataclass defaults above), official values.
+MEGA_PRESETS: Dict[str, Dict[str, Any]] = {
+    "mega_wmt_en_de": {
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "hidden_dropout": 0.1,
+        "activation_dropout": 0.1,
+    },
+    "mega_wmt_en_de_big": {
+        "encoder_embed_dim": 1024,
+        "encoder_hidden_dim": 2048,
+        "encoder_z_dim": 256,
+        "dropout": 0.3,
+        "attention_dropout": 0.1,
+        "hidden_dropout": 0.1,
+        "activation_dropout": 0.1,
+    },
+}
+
+# derived field -> the field whose value it takes when unset (resolved in this order)
+_DERIVED_DEFAULTS = (
+    ("encoder_ffn_embed_dim", "encoder_hidden_dim"),
+    ("decoder_embed_dim", "encoder_embed_dim"),
+    ("decoder_hidden_dim", "encoder_hidden_dim"),
+    ("decoder_ffn_embed_dim", "encoder_ffn_embed_dim"),
+    ("decoder_z_dim", "encoder_z_dim"),
+    ("decoder_n_dim", "encoder_n_dim"),
+    ("decoder_chunk_size", "encoder_chunk_size"),
+    ("decoder_input_dim", "decoder_embed_dim"),
+)
+
+
+def _get(cfg, key: str, default=None):
+    try:
+        value = getattr(cfg, key)
+    except Exception:  # absent from a Namespace, or an unresolvable interpolation
+        return default
+    return default if value is None else value
+
+
+def resolve_derived_defaults(cfg) -> None:
+    """Fill the derived and missing settings of ``cfg`` in place (argparse Namespace or DictConfig).
+
+    Settings absent from ``cfg`` (an old checkpoint's Namespace) get the MegaConfig defaults;
+    ``max_*_positions`` default to 1024 when the task did not provide them. Then every derived
+    setting that is still None takes the value of its twin. Bad values raise ``ValueError``.
+    """
+    values = {}
+    for name, dc_field in MegaConfig.__dataclass_fields__.items():
+        if name.startswith("_"):
+            continue
+        default = dc_field.default if isinstance(dc_field.default, (int, float, str, bool, type(None))) else None
+        if isinstance(default, str) and default.startswith("${"):
+            default = None
+        values[name] = _get(cfg, name, default)
+    for name, twin in _DERIVED_DEFAULTS:
+        if values[name] is None:
+            values[name] = values[twin]
+    if values["max_source_positions"] is None:
+        values["max_source_positions"] = DEFAULT_MAX_SOURCE_POSITIONS
+    if values["max_target_positions"] is None:
+        values["max_target_positions"] = DEFAULT_MAX_TARGET_POSITIONS
+    _validate(values)
+    if isinstance(cfg, DictConfig):
+        with open_dict(cfg):
+            for name, value in values.items():
+                cfg[name] = value
+    else:
+        for name, value in values.items():
+            setattr(cfg, name, value)
+
+
+def _validate(values: Dict[str, Any]) -> None:
+    def choice(name, allowed):
+        if str(values[name]) not in allowed:
+            raise ValueError("{}={!r} is not supported; allowed values: {}".format(name, values[name], ", ".join(allowed)))
+
+    choice("attention_activation_fn", ATTENTION_ACTIVATIONS)
+    choice("normalization_type", NORMALIZATION_TYPES)
+    choice("rel_pos_bias", REL_POS_BIASES)
+    for side in ("encoder", "decoder"):
+        for dim in ("embed_dim", "hidden_dim", "z_dim", "n_dim", "layers"):
+            name = "{}_{}".format(side, dim)
+            if int(values[name]) <= 0:
+                raise ValueError("{}={} must be a positive integer".format(name, values[name]))
+        chunk = "{}_chunk_size".format(side)
+        if int(values[chunk]) < -1:
+            raise ValueError("{}={} is not supported; allowed values: -1 or 0 (no chunking) or a positive chunk "
+                             "length".format(chunk, values[chunk]))
+    for name in ("max_source_positions", "max_target_positions"):
+        if int(values[name]) <= 0:
+            raise ValueError("{}={} must be a positive integer".format(name, values[name]))
+    if values["normalize_embedding"] and values["normalize_before"]:
+        raise ValueError("normalize_embedding=True and normalize_before=True cannot be combined "
+                         "(allowed: at most one of them)")
+
+
+def as_namespace(cfg) -> argparse.Namespace:
+    """A flat Namespace copy of the MegaConfig settings of a resolved ``cfg``, for the layers.
+
+    Choice values come back as plain strings (a DictConfig may hold fairseq's StrEnum).
+    """
+    values = {}
+    for name in MegaConfig.__dataclass_fields__:
+        if not name.startswith("_"):
+            value = _get(cfg, name)
+            values[name] = value.value if isinstance(value, Enum) else value
+    return argparse.Namespace(**values)
