@@ -1,2 +1,3 @@
 """Models and named architectures registered by mega-fairseq (explicit imports, one per model)."""
 from mega_fairseq.models import mega  # noqa: F401  (the 'mega' encoder-decoder and its presets)
+from mega_fairseq.models import mega_lm  # noqa: F401  (the 'mega_lm' language model and its presets)

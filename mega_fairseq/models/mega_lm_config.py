@@ -1,0 +1,257 @@
+"""MegaLMConfig: the typed settings of the ``mega_lm`` decoder-only language model, and its presets.
+
+Field names are the official command-line argument names of the Mega fork (``--decoder-z-dim``,
+``--decoder-chunk-size``, ``--tie-adaptive-proj``, ...), so official training commands and
+checkpoints map onto this config field by field. The dataclass defaults are the official
+``base_lm_architecture`` values (the ``mega_lm`` preset), except ``activation_dropout``: the
+official base never sets it and three official presets crash without ``--activation-dropout``;
+here it defaults to 0.0.
+
+Two settings default to "the same as another setting" as in the official code and are ``None``
+here until :func:`resolve_lm_settings` fills them: ``decoder_ffn_embed_dim`` (takes
+``decoder_hidden_dim``) and ``decoder_input_dim`` (takes ``decoder_embed_dim``).
+``max_target_positions`` defaults to the task's ``tokens_per_sample`` (else 1024).
+"""
+import argparse
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
+
+from mega_fairseq.modules.activations import ATTENTION_ACTIVATIONS, available_activation_fns
+from mega_fairseq.modules.relative_positional_bias import REL_POS_BIAS_TYPES as REL_POS_BIASES
+from mega_fairseq.modules.sequence_norm import NORM_TYPES as NORMALIZATION_TYPES
+
+ACTIVATIONS = tuple(available_activation_fns())
+
+DEFAULT_MAX_TARGET_POSITIONS = 1024
+
+#: What :meth:`MegaLMDecoder.max_positions` reports for a chunked model: chunked attention and
+#: the EMA accept any length (the relative bias is sized by the chunk), so long blocks must not
+#: be filtered out by fairseq-eval-lm / fairseq-train.
+UNBOUNDED_POSITIONS = 1 << 30
+
+
+@dataclass
+class MegaLMConfig(FairseqDataclass):
+    # ---- dropout
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout probability of attention weights"})
+    hidden_dropout: float = field(default=0.0, metadata={"help": "dropout probability of Mega hidden vectors"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout probability after the FFN activation"})
+    feature_dropout: bool = field(default=False, metadata={"help": "drop whole feature channels instead of elements"})
+    # ---- sizes
+    decoder_embed_path: Optional[str] = field(default=None, metadata={"help": "path to pre-trained decoder embedding"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
+    decoder_hidden_dim: int = field(default=1664, metadata={"help": "hidden (value) dimension of Mega attention"})
+    decoder_z_dim: int = field(default=128, metadata={"help": "shared query/key dimension z"})
+    decoder_n_dim: int = field(default=16, metadata={"help": "EMA dimension n"})
+    decoder_ffn_embed_dim: Optional[int] = field(
+        default=None, metadata={"help": "FFN dimension (default: decoder_hidden_dim; 0 = no FFN)"}
+    )
+    decoder_chunk_size: int = field(
+        default=-1, metadata={"help": "attention chunk size (-1 or 0: attend over the whole sequence)"}
+    )
+    decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
+    decoder_input_dim: Optional[int] = field(
+        default=None, metadata={"help": "input embedding dimension (default: decoder_embed_dim)"}
+    )
+    # ---- layer flavour
+    activation_fn: ChoiceEnum(ACTIVATIONS) = field(default="silu", metadata={"help": "activation function"})
+    attention_activation_fn: ChoiceEnum(ATTENTION_ACTIVATIONS) = field(
+        default="softmax", metadata={"help": "attention activation function"}
+    )
+    normalization_type: ChoiceEnum(NORMALIZATION_TYPES) = field(default="layernorm", metadata={"help": "normalization"})
+    normalize_before: bool = field(default=False, metadata={"help": "pre-norm layers (plus a final norm)"})
+    no_affine_final_norm: bool = field(default=False, metadata={"help": "final norm without affine parameters"})
+    normalize_embedding: bool = field(default=False, metadata={"help": "normalize the scaled embeddings"})
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(embed_dim)"})
+    rel_pos_bias: ChoiceEnum(REL_POS_BIASES) = field(default="simple", metadata={"help": "relative positional bias"})
+    truncation_length: Optional[int] = field(
+        default=2048, metadata={"help": "EMA kernel truncation length (0, negative or None: no truncation)"}
+    )
+    # ---- embeddings and output
+    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie input and output embeddings"})
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None, metadata={"help": "comma separated adaptive softmax cutoffs (use with --criterion adaptive_loss)"}
+    )
+    adaptive_softmax_dropout: float = field(default=0.0, metadata={"help": "adaptive softmax dropout of the tails"})
+    adaptive_softmax_factor: float = field(default=4.0, metadata={"help": "adaptive softmax size factor"})
+    adaptive_input: bool = field(default=False, metadata={"help": "use adaptive input embeddings"})
+    adaptive_input_factor: float = field(default=4.0, metadata={"help": "adaptive input size factor"})
+    adaptive_input_cutoff: Optional[str] = field(default=None, metadata={"help": "comma separated adaptive input cutoffs"})
+    tie_adaptive_weights: bool = field(default=False, metadata={"help": "tie adaptive softmax and adaptive input weights"})
+    tie_adaptive_proj: bool = field(default=False, metadata={"help": "tie adaptive softmax and adaptive input projections"})
+    # ---- lengths, borrowed from the task
+    max_target_positions: Optional[int] = II("task.max_target_positions")
+    tokens_per_sample: Optional[int] = II("task.tokens_per_sample")
+
+
+#: Named presets of ``mega_lm`` (overrides of the dataclass defaults above), official values.
+_ADAPTIVE_WIKI103 = {
+    "adaptive_input": True,
+    "tie_adaptive_weights": True,
+    "adaptive_input_cutoff": "20000,60000",
+    "adaptive_softmax_cutoff": "20000,60000",
+    "adaptive_softmax_dropout": 0.2,
+    "tie_adaptive_proj": True,
+}
+_BIG = {
+    "decoder_layers": 16,
+    "decoder_embed_dim": 1024,
+    "decoder_hidden_dim": 2048,
+    "decoder_ffn_embed_dim": 2048,
+    "decoder_z_dim": 256,
+}
+_ADAPTIVE_BIG = {
+    **_BIG,
+    **_ADAPTIVE_WIKI103,
+    "dropout": 0.3,
+    "attention_dropout": 0.1,
+    "hidden_dropout": 0.1,
+    "activation_dropout": 0.1,
+}
+MEGA_LM_PRESETS: Dict[str, Dict[str, Any]] = {
+    "mega_lm_big": dict(_BIG),
+    "mega_lm_adaptive_big": dict(_ADAPTIVE_BIG),
+    "mega_lm_wiki103": dict(_ADAPTIVE_BIG),
+    "mega_lm_adaptive_base": {
+        "decoder_layers": 16,
+        "decoder_embed_dim": 768,
+        "decoder_hidden_dim": 1536,
+        "decoder_ffn_embed_dim": 1536,
+        "decoder_z_dim": 128,
+        **_ADAPTIVE_WIKI103,
+        "dropout": 0.3,
+        "attention_dropout": 0.1,
+        "hidden_dropout": 0.1,
+        "activation_dropout": 0.1,
+    },
+    "mega_lm_enwik8_base": {
+        "decoder_layers": 12,
+        "decoder_embed_dim": 512,
+        "decoder_hidden_dim": 1024,
+        "decoder_ffn_embed_dim": 1024,
+        "decoder_z_dim": 128,
+        "decoder_n_dim": 16,
+        "dropout": 0.1,
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "activation_dropout": 0.0,
+    },
+    "mega_lm_enwik8_large": {
+        "decoder_layers": 24,
+        "decoder_embed_dim": 1024,
+        "decoder_hidden_dim": 1536,
+        "decoder_ffn_embed_dim": 1536,
+        "decoder_z_dim": 128,
+        "decoder_n_dim": 16,
+        "dropout": 0.2,
+        "attention_dropout": 0.1,
+        "hidden_dropout": 0.1,
+    },
+}
+
+
+def _get(cfg, key: str, default=None):
+    try:
+        value = getattr(cfg, key)
+    except Exception:  # absent from a Namespace, or an unresolvable interpolation
+        return default
+    if isinstance(value, Enum):
+        value = value.value
+    return default if value is None else value
+
+
+def parse_cutoff(text: Optional[str], name: str, vocab_size: int) -> Optional[List[int]]:
+    """``"20000,60000"`` -> ``[20000, 60000]``; checks the cutoffs increase and stay below the vocab."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        cutoff = [int(part) for part in str(text).replace("[", "").replace("]", "").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError("{}={!r} must be comma separated integers, e.g. '20000,60000'".format(name, text))
+    if not cutoff or any(b <= a for a, b in zip(cutoff, cutoff[1:])) or cutoff[0] <= 0:
+        raise ValueError("{}={!r} must be increasing positive integers".format(name, text))
+    if cutoff[-1] > vocab_size:
+        raise ValueError(
+            "{}={!r}: the cutoffs must not exceed the vocabulary size {} (allowed: values below {})".format(
+                name, text, vocab_size, vocab_size
+            )
+        )
+    return cutoff
+
+
+def resolve_lm_settings(cfg) -> argparse.Namespace:
+    """A flat, validated Namespace of every MegaLMConfig setting of ``cfg``.
+
+    ``cfg`` is an argparse Namespace (``--arch``, an old checkpoint) or a DictConfig (hydra);
+    ``cfg._name`` is never read. Absent settings get the dataclass defaults, derived ones their
+    twin's value, choices come back as plain strings. Bad values raise ``ValueError``.
+    """
+    values: Dict[str, Any] = {}
+    for name, dc_field in MegaLMConfig.__dataclass_fields__.items():
+        if name.startswith("_"):
+            continue
+        default = dc_field.default
+        if not isinstance(default, (int, float, str, bool, type(None))) or str(default).startswith("${"):
+            default = None
+        values[name] = _get(cfg, name, default)
+    if values["decoder_ffn_embed_dim"] is None:
+        values["decoder_ffn_embed_dim"] = values["decoder_hidden_dim"]
+    if values["decoder_input_dim"] is None:
+        values["decoder_input_dim"] = values["decoder_embed_dim"]
+    if values["max_target_positions"] is None:
+        values["max_target_positions"] = values["tokens_per_sample"] or DEFAULT_MAX_TARGET_POSITIONS
+    if values["decoder_chunk_size"] is None or int(values["decoder_chunk_size"]) <= 0:
+        values["decoder_chunk_size"] = -1
+    _validate(values)
+    return argparse.Namespace(**values)
+
+
+def _validate(values: Dict[str, Any]) -> None:
+    def choice(name, allowed):
+        if str(values[name]) not in allowed:
+            raise ValueError("{}={!r} is not supported; allowed values: {}".format(name, values[name], ", ".join(allowed)))
+
+    choice("attention_activation_fn", ATTENTION_ACTIVATIONS)
+    choice("normalization_type", NORMALIZATION_TYPES)
+    choice("rel_pos_bias", REL_POS_BIASES)
+    choice("activation_fn", ACTIVATIONS)
+    for name in ("decoder_embed_dim", "decoder_hidden_dim", "decoder_z_dim", "decoder_n_dim", "decoder_layers",
+                 "decoder_input_dim", "max_target_positions"):
+        if int(values[name]) <= 0:
+            raise ValueError("{}={} must be a positive integer".format(name, values[name]))
+    if int(values["decoder_ffn_embed_dim"]) < 0:
+        raise ValueError("decoder_ffn_embed_dim={} must be >= 0 (0 = no FFN)".format(values["decoder_ffn_embed_dim"]))
+    if values["normalize_embedding"] and values["normalize_before"]:
+        raise ValueError("normalize_embedding=True and normalize_before=True cannot be combined "
+                         "(allowed: at most one of them)")
+    tokens = values["tokens_per_sample"]
+    if values["decoder_chunk_size"] <= 0 and tokens is not None and int(tokens) > int(values["max_target_positions"]):
+        raise ValueError(
+            "tokens_per_sample={} is larger than max_target_positions={}: without chunking "
+            "(decoder_chunk_size={}) the relative positional bias covers only max_target_positions tokens. "
+            "Allowed: --tokens-per-sample <= --max-target-positions, or a --decoder-chunk-size > 0 "
+            "(any length then works)".format(tokens, values["max_target_positions"], values["decoder_chunk_size"])
+        )
+    if values["tie_adaptive_weights"]:
+        problems = []
+        if not values["adaptive_input"]:
+            problems.append("adaptive_input must be True")
+        if float(values["adaptive_input_factor"]) != float(values["adaptive_softmax_factor"]):
+            problems.append("adaptive_input_factor must equal adaptive_softmax_factor")
+        if str(values["adaptive_input_cutoff"]) != str(values["adaptive_softmax_cutoff"]):
+            problems.append("adaptive_input_cutoff must equal adaptive_softmax_cutoff")
+        if int(values["decoder_input_dim"]) != int(values["decoder_embed_dim"]):
+            problems.append("decoder_input_dim must equal decoder_embed_dim")
+        if values["adaptive_softmax_cutoff"] is None:
+            problems.append("adaptive_softmax_cutoff must be set")
+        if problems:
+            raise ValueError("tie_adaptive_weights=True needs: " + "; ".join(problems))
+    if values["tie_adaptive_proj"] and not values["tie_adaptive_weights"]:
+        raise ValueError("tie_adaptive_proj=True needs tie_adaptive_weights=True")
+    if values["adaptive_input"] and values["adaptive_input_cutoff"] is None:
+        raise ValueError("adaptive_input=True needs --adaptive-input-cutoff (e.g. '20000,60000')")
