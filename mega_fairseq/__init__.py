@@ -15,3 +15,4 @@ __version__ = "0.1.0"
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
 from mega_fairseq import models  # noqa: E402,F401  (registers models and architectures)
+from mega_fairseq import optim  # noqa: E402,F401  (registers the linear_decay LR scheduler)
