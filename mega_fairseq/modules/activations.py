@@ -44,8 +44,8 @@ def laplace(x: Tensor, mu: float = LAPLACE_MU, sigma: float = LAPLACE_SIGMA) -> 
 
 
 def softmax(x: Tensor, dim: int) -> Tensor:
-    """Softmax computed (and returned) in float32 whatever the input dtype."""
-    return F.softmax(x, dim=dim, dtype=torch.float32)
+    """Softmax computed (and returned) in float32, or in float64 for float64 input."""
+    return F.softmax(x, dim=dim, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 def _fairseq_activation_names():
