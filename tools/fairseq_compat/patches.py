@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 # Bumped whenever the patch set changes; becomes the wheel's local version label (0.12.2+megaN).
-PATCH_SET_VERSION = 1
+PATCH_SET_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,17 @@ def _safe_load_checkpoint(f, map_location):
         old="                if self.int_version >= 1130:\n                    self.BT_version = True\n",
         new="                if self.int_version >= 1130:\n                    self.BT_version = True\n"
         "        self.BT_version = False  # mega-fairseq: fast path incompatible with torch >= 2\n",
+    ),
+    Patch(
+        name="transformer-encoder-disable-nested-tensor",
+        path="fairseq/models/transformer/transformer_encoder.py",
+        why="the same fast path, at encoder level: it packs the input into a nested tensor that "
+        "the regular layers then cannot read on torch 2.13 ('NestedTensorImpl doesn't support "
+        "sizes') once the layer fast path above is off",
+        old="                    NT_version = True\n\n        if (\n            BT_version\n",
+        new="                    NT_version = True\n"
+        "        BT_version = NT_version = False  # mega-fairseq: fast path incompatible with torch >= 2\n"
+        "\n        if (\n            BT_version\n",
     ),
     Patch(
         name="numpy2-np-int",
