@@ -1,0 +1,38 @@
+# mega-fairseq: the two commands a new user runs are `make demo` and `make test`.
+# Both set up the environment themselves (`make install`, idempotent and quick when done).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pytest workers: 2 matches the 2-core CI machine; each worker keeps torch to one thread.
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test demo demo-translation demo-lm bench clean help
+
+help:
+	@echo "make demo   - set up, then train/translate/score a tiny Mega and a tiny Mega LM (~10 min)"
+	@echo "make test   - set up, then run the test suite (~10 min on 2 cores)"
+	@echo "make install- only set up .venv (torch 2.13.0 CPU, patched fairseq 0.12.2, mega_fairseq)"
+	@echo "make bench  - run the benchmarks in benchmarks/ (prints JSON)"
+
+install:
+	@PYTHON=$(PYTHON) bash tools/install.sh
+
+test: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
+
+demo: install demo-translation demo-lm
+
+demo-translation: install
+	bash examples/translation/demo.sh
+
+demo-lm: install
+	bash examples/language_model/demo.sh
+
+bench: install
+	$(BIN)/python benchmarks/bench_layers.py
+	$(BIN)/python benchmarks/bench_translation.py
+	$(BIN)/python benchmarks/bench_lm.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
