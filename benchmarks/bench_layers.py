@@ -1,0 +1,231 @@
+"""Layer benchmark: Mega gated attention against a stock fairseq Transformer layer.
+
+Prints one JSON object on stdout:
+
+* ``train``: forward + backward time and peak memory of
+  ``MovingAverageGatedAttention`` (causal, ``chunk_size`` -1 and 128) and of
+  fairseq's ``TransformerEncoderLayer`` (causal mask, same width, 4 heads, FFN
+  4x width), for L = 512 ... 16384. Every row uses the same number of tokens
+  per call (batch = tokens // L), so ``ms_per_token`` compares equal work.
+* ``decode``: one-token incremental step time of the causal Mega layer against
+  the position, averaged over ``decode_window`` consecutive steps that start at
+  the position (a whole chunk cycle, so every cache fill level counts once).
+* ``ratios``: chunk-128 time per token at the longest length over the shortest
+  (target <= 1.25 for 16384 / 512), decode step at the last position over the
+  first (target <= 1.2 for 4096 / 16), and Transformer / Mega speed-ups.
+
+How it measures:
+
+* each configuration runs in its own subprocess (clean allocator, clean peak);
+  ``--quick`` runs everything in-process instead (a smoke run, figures rough);
+* time: one warm-up call, then the minimum over ``--reps`` timed calls;
+* memory: peak resident set size during the warm-up forward + backward minus
+  the resident size just before it (Linux: the peak counter ``VmHWM`` is reset
+  through ``/proc/self/clear_refs``; elsewhere ``ru_maxrss`` is used and the
+  figure is an upper bound). It therefore counts activations, gradients and
+  allocator slack, i.e. what the process really needed.
+* configurations whose attention matrices alone would exceed ``--mem-budget-gb``
+  are skipped and reported as such.
+
+Run ``python benchmarks/bench_layers.py`` (a few minutes on 2 cores) or with
+``--quick`` for a small smoke run.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+FULL = dict(width=128, zdim=64, hdim=256, ndim=16, tokens=16384, lengths=[512, 1024, 2048, 4096, 8192, 16384],
+            positions=[16, 64, 256, 1024, 4096], decode_window=128, reps=3)
+QUICK = dict(width=32, zdim=16, hdim=64, ndim=4, tokens=256, lengths=[64, 128], positions=[4, 16],
+             decode_window=8, reps=1)
+MODELS = {"mega_chunk128": 128, "mega_chunk-1": -1, "transformer": None}
+
+
+# ------------------------------------------------------------------ workers
+def _rss_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_bytes(reset_ok):
+    if reset_ok:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _build_layer(name, spec, length):
+    import torch
+    from argparse import Namespace
+
+    if name == "transformer":
+        from fairseq.modules import TransformerEncoderLayer
+
+        args = Namespace(encoder_embed_dim=spec["width"], encoder_attention_heads=4,
+                         encoder_ffn_embed_dim=4 * spec["width"], dropout=0.0, attention_dropout=0.0,
+                         activation_dropout=0.0, activation_fn="relu", encoder_normalize_before=True)
+        layer = TransformerEncoderLayer(args)
+        mask = torch.triu(torch.full((length, length), float("-inf")), 1)
+        return layer, lambda x: layer(x, None, attn_mask=mask)
+
+    from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
+
+    chunk = MODELS[name]
+    layer = MovingAverageGatedAttention(spec["width"], spec["zdim"], spec["hdim"], spec["ndim"],
+                                        chunk_size=chunk, max_positions=max(length, 1))
+    span = chunk if 0 < chunk < length else length
+    mask = torch.triu(torch.full((span, span), float("-inf")), 1)
+    return layer, lambda x: layer(x, attn_mask=mask)[0]
+
+
+def worker_train(spec):
+    import torch
+
+    torch.manual_seed(0)
+    length, name = spec["length"], spec["model"]
+    batch = max(1, spec["tokens"] // length)
+    layer, run = _build_layer(name, spec, length)
+    layer.train()
+    x = torch.randn(length, batch, spec["width"], requires_grad=True)
+    before = _rss_bytes()
+    reset_ok = _reset_peak()
+    run(x).sum().backward()
+    peak = _peak_bytes(reset_ok) - before
+    times = []
+    for _ in range(spec["reps"]):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        start = time.perf_counter()
+        run(x).sum().backward()
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    return dict(model=name, length=length, batch=batch, fwd_bwd_ms=best * 1e3,
+                ms_per_token=best * 1e3 / (length * batch), peak_mb=peak / 2 ** 20,
+                peak_is_upper_bound=not reset_ok)
+
+
+def worker_decode(spec):
+    import torch
+    from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
+
+    torch.manual_seed(0)
+    chunk, window = MODELS[spec["model"]], spec["decode_window"]
+    last = max(spec["positions"]) + window
+    layer = MovingAverageGatedAttention(spec["width"], spec["zdim"], spec["hdim"], spec["ndim"],
+                                        chunk_size=chunk, max_positions=last).eval()
+    x = torch.randn(last, 1, spec["width"])
+    rows = []
+    with torch.no_grad():
+        for position in spec["positions"]:
+            state = {}
+            layer(x[:position], incremental_state=state)  # prefill in one multi-token step
+            layer(x[position : position + 1], incremental_state={})  # warm-up on a throw-away state
+            start = time.perf_counter()
+            for t in range(position, position + window):
+                layer(x[t : t + 1], incremental_state=state)
+            rows.append(dict(model=spec["model"], position=position,
+                             step_ms=(time.perf_counter() - start) * 1e3 / window))
+    return rows
+
+
+# ------------------------------------------------------------------- driver
+def run_worker(kind, spec, timeout, in_process=False):
+    if in_process:
+        return worker_train(spec) if kind == "train" else worker_decode(spec)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout after {} s".format(timeout)}
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "exit {}".format(proc.returncode)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def attention_bytes(name, length, batch):
+    """Rough size of the score matrices a forward + backward holds (scores, weights, their grads)."""
+    heads = 4 if name == "transformer" else 1
+    span = length if MODELS[name] is None or MODELS[name] < 0 else min(MODELS[name], length)
+    return 4 * 4 * batch * heads * length * span
+
+
+def _ratio(rows, key, model, field, first, last):
+    values = {r[key]: r[field] for r in rows if r.get("model") == model and field in r}
+    if first in values and last in values and values[first] > 0:
+        return values[last] / values[first]
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--mem-budget-gb", type=float, default=6.0)
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, spec = args.worker[0], json.loads(args.worker[1])
+        print(json.dumps(worker_train(spec) if kind == "train" else worker_decode(spec)))
+        return
+
+    import torch
+
+    spec = dict(QUICK if args.quick else FULL)
+    train = []
+    for length in spec["lengths"]:
+        for name in MODELS:
+            batch = max(1, spec["tokens"] // length)
+            need = attention_bytes(name, length, batch)
+            if need > args.mem_budget_gb * 2 ** 30:
+                train.append(dict(model=name, length=length, batch=batch,
+                                  skipped="attention alone needs ~{:.1f} GB > budget {} GB".format(
+                                      need / 2 ** 30, args.mem_budget_gb)))
+                continue
+            row = run_worker("train", dict(spec, model=name, length=length), args.timeout, args.quick)
+            train.append(dict(row, model=name, length=length))
+    decode = []
+    for name in ("mega_chunk128", "mega_chunk-1"):
+        result = run_worker("decode", dict(spec, model=name), args.timeout, args.quick)
+        decode.extend(result if isinstance(result, list) else [dict(result, model=name)])
+
+    lengths, positions = spec["lengths"], spec["positions"]
+    ratios = {
+        "chunk128_ms_per_token_L{}_over_L{}".format(lengths[-1], lengths[0]):
+            _ratio(train, "length", "mega_chunk128", "ms_per_token", lengths[0], lengths[-1]),
+        "chunk128_ms_per_token_target": 1.25,
+        "chunk128_decode_step_pos{}_over_pos{}".format(positions[-1], positions[0]):
+            _ratio(decode, "position", "mega_chunk128", "step_ms", positions[0], positions[-1]),
+        "chunk128_decode_step_target": 1.2,
+        "chunk-1_decode_step_pos{}_over_pos{}".format(positions[-1], positions[0]):
+            _ratio(decode, "position", "mega_chunk-1", "step_ms", positions[0], positions[-1]),
+    }
+    for length in lengths:
+        per_token = {r["model"]: r["ms_per_token"] for r in train if r["length"] == length and "ms_per_token" in r}
+        if "transformer" in per_token and "mega_chunk128" in per_token:
+            ratios["transformer_over_chunk128_time_L{}".format(length)] = (
+                per_token["transformer"] / per_token["mega_chunk128"])
+    report = dict(
+        config=dict(spec, quick=args.quick, torch=torch.__version__, threads=torch.get_num_threads(),
+                    mem_budget_gb=args.mem_budget_gb),
+        train=train, decode=decode, ratios=ratios,
+    )
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
