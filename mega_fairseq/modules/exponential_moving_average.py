@@ -256,47 +256,62 @@ class MultiHeadEMA(nn.Module):
         """Causal EMA of new tokens given the saved state.
 
         Args:
-            x: ``D x B x S`` new inputs (compute dtype, zero at pads).
+            x: ``S x B x D`` new inputs (compute dtype, zero at pads).
 
         Returns:
-            ``D x B x S``; updates the ``"ema_state"`` buffer.
+            ``S x B x D``; updates the ``"ema_state"`` buffer: ``prev_state``
+            (``B x D x N``) without truncation, ``prev_inputs`` (the last
+            ``W - 1`` inputs, ``B x D x (W-1)``) with truncation ``W``.
         """
         buffer = self._get_input_buffer(incremental_state)
-        steps = x.size(-1)
+        steps = x.size(0)
         window = self.window
         if window is not None:
-            # exact truncated EMA: convolve the last W - 1 inputs and the new ones
-            previous = buffer.get("prev_inputs")
-            if previous is None:
-                previous = x.new_zeros(x.size(1), x.size(0), window - 1)
-            span = torch.cat([previous.to(x.dtype).permute(1, 0, 2), x], dim=-1)
-            if steps == 1:
-                kernel = self._kernel(window, x.dtype)
-                out = torch.einsum("dbw,dw->db", span, kernel.flip(-1)).unsqueeze(-1)
-            else:
-                out = self._convolve(span)[..., window - 1:]
-            buffer["prev_inputs"] = span[..., span.size(-1) - (window - 1):].permute(1, 0, 2)
-        else:
-            q, p_beta, log_q, c = self._coefficients(x.dtype)
-            state = buffer.get("prev_state")  # B x D x N
-            x_bd = x.permute(1, 0, 2)  # B x D x S
-            if steps == 1:
-                new_state = x_bd * p_beta
-                if state is not None:
-                    new_state = new_state + q * state.to(x.dtype)
-                out = torch.einsum("bdn,dn->db", new_state, c).unsqueeze(-1)
-            else:
-                out = self._convolve(x)
-                to_end = p_beta.unsqueeze(-1) * geometric_powers(log_q, 0, steps).flip(-1)
-                new_state = torch.einsum("bds,dns->bdn", x_bd, to_end)
-                if state is not None:
-                    state = state.to(x.dtype)
-                    read_out = c.unsqueeze(-1) * geometric_powers(log_q, 1, steps)
-                    out = out + torch.einsum("bdn,dns->dbs", state, read_out)
-                    new_state = new_state + torch.exp(log_q * float(steps)) * state
+            out = self._windowed_step(x, buffer, window)
+        elif steps == 1:
+            # plain recurrence, no FFT: h = q h + p beta x ; y = sum_n c h
+            q, p_beta, _, c = self._coefficients(x.dtype)
+            new_state = x[0].unsqueeze(-1) * p_beta
+            state = buffer.get("prev_state")
+            if state is not None:
+                new_state = new_state + q * state.to(x.dtype)
             buffer["prev_state"] = new_state
+            out = (new_state * c).sum(-1).unsqueeze(0)
+        else:
+            out = self._multi_token_step(x, buffer)
         self._set_input_buffer(incremental_state, buffer)
         return out
+
+    def _multi_token_step(self, x: Tensor, buffer: Dict[str, Optional[Tensor]]) -> Tensor:
+        """Several new tokens (``S x B x D``): whole-block EMA plus the read-out of the carried state."""
+        _, p_beta, log_q, c = self._coefficients(x.dtype)
+        steps = x.size(0)
+        x_channels = x.permute(2, 1, 0)  # D x B x S
+        out = self._convolve(x_channels)
+        to_end = p_beta.unsqueeze(-1) * geometric_powers(log_q, 0, steps).flip(-1)
+        new_state = torch.einsum("dbs,dns->bdn", x_channels, to_end)
+        state = buffer.get("prev_state")
+        if state is not None:
+            state = state.to(x.dtype)
+            read_out = c.unsqueeze(-1) * geometric_powers(log_q, 1, steps)
+            out = out + torch.einsum("bdn,dns->dbs", state, read_out)
+            new_state = new_state + torch.exp(log_q * float(steps)) * state
+        buffer["prev_state"] = new_state
+        return out.permute(2, 1, 0)
+
+    def _windowed_step(self, x: Tensor, buffer: Dict[str, Optional[Tensor]], window: int) -> Tensor:
+        """Exact truncated EMA of ``S x B x D`` new tokens from the last ``W - 1`` inputs."""
+        x_bdt = x.permute(1, 2, 0)  # B x D x S
+        previous = buffer.get("prev_inputs")
+        if previous is None:
+            previous = x_bdt.new_zeros(x_bdt.size(0), x_bdt.size(1), window - 1)
+        span = torch.cat([previous.to(x.dtype), x_bdt], dim=-1)  # B x D x (W - 1 + S)
+        buffer["prev_inputs"] = span[..., span.size(-1) - (window - 1):]
+        if x.size(0) == 1:
+            kernel = self._kernel(window, x.dtype)  # D x W
+            return (span * kernel.flip(-1)).sum(-1).unsqueeze(0)
+        out = self._convolve(span.permute(1, 0, 2))[..., window - 1:]  # D x B x S
+        return out.permute(2, 1, 0)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -340,12 +355,11 @@ class MultiHeadEMA(nn.Module):
             # masked_fill (not a product) so that NaN/inf at pads cannot leak into the convolution
             x_compute = x_compute.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
 
-        x_channels = x_compute.permute(2, 1, 0)  # D x B x T
         if incremental_state is not None:
-            ema = self._step(x_channels, incremental_state)
+            ema = self._step(x_compute, incremental_state)
         else:
-            ema = self._convolve(x_channels)
-        return F.silu(ema.permute(2, 1, 0) + residual).to(x.dtype)
+            ema = self._convolve(x_compute.permute(2, 1, 0)).permute(2, 1, 0)  # via D x B x T
+        return F.silu(ema + residual).to(x.dtype)
 
     @staticmethod
     def _check_padding_mask(padding_mask: Tensor, seq_len: int, bsz: int, incremental: bool) -> Tensor:
