@@ -75,23 +75,24 @@ def test_eval_cache_follows_dtype_changes():
 
 
 # --------------------------------------------------------------- precision
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["ema_causal", "ema_bidirectional"])
-def test_bfloat16_forward_on_cpu(name):
+def test_half_precision_forward_on_cpu(name, half):
     module, record = load_reference(name)
     inputs = record["inputs"]
-    x16 = inputs["x"].to(torch.bfloat16)
+    x16 = inputs["x"].to(half)
     with torch.no_grad():
         out = module(x16, inputs.get("padding_mask"))
         # the same input rounded to bf16 but computed in float32 throughout
         expected = module(x16.float(), inputs.get("padding_mask"))
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == half
     assert torch.isfinite(out).all()
     # only the final rounding to bf16 separates them: the kernel and FFT ran in float32
     assert max_diff(out, expected) <= 0.01 * expected.abs().max().item()
-    half_module = copy.deepcopy(module).to(torch.bfloat16)
+    half_module = copy.deepcopy(module).to(half)
     with torch.no_grad():
         out_half_params = half_module(x16, inputs.get("padding_mask"))
-    assert out_half_params.dtype == torch.bfloat16
+    assert out_half_params.dtype == half
     assert torch.isfinite(out_half_params).all()
 
 
