@@ -1,0 +1,154 @@
+"""Training and eval-lm throughput of ``mega_lm`` (chunk 128) vs stock ``transformer_lm``.
+
+Prints one JSON object. For each context length L (one sequence of L tokens per batch) and each
+model: training tokens/s (forward + backward + Adam step) and the peak resident memory added by
+that run, plus eval tokens/s (no-grad scoring of one L-token block). Every (model, L) point runs
+in a fresh subprocess so that its peak memory is its own; the two models alternate so they share
+the machine's conditions. Both models have about the same parameter count (printed).
+
+    python benchmarks/bench_lm.py                       # 512 ... 16384
+    python benchmarks/bench_lm.py --lengths 1024 4096 --steps 3
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+VOCAB = 256  # byte-level sized vocabulary
+MEGA = dict(decoder_embed_dim=256, decoder_hidden_dim=512, decoder_ffn_embed_dim=512, decoder_z_dim=64,
+            decoder_n_dim=16, decoder_layers=4, decoder_chunk_size=128, truncation_length=None, dropout=0.0,
+            normalize_before=True)
+TRANSFORMER = dict(decoder_embed_dim=256, decoder_ffn_embed_dim=1024, decoder_attention_heads=4, decoder_layers=4,
+                   dropout=0.0)
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _task():
+    from fairseq.data import Dictionary
+
+    dictionary = Dictionary()
+    for i in range(VOCAB - len(dictionary)):
+        dictionary.add_symbol("w{}".format(i))
+
+    class Task:
+        source_dictionary = dictionary
+        target_dictionary = dictionary
+
+    return Task()
+
+
+def build(kind: str, length: int):
+    from fairseq.dataclass.utils import gen_parser_from_dataclass  # noqa: F401 (import check)
+
+    task = _task()
+    if kind == "mega_lm":
+        from mega_fairseq.models.mega_lm import MegaLanguageModel
+
+        args = argparse.Namespace(**MEGA, max_target_positions=length, tokens_per_sample=length)
+        return MegaLanguageModel.build_model(args, task)
+    from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig, base_lm_architecture
+
+    values = {}
+    for name, fld in TransformerLanguageModelConfig.__dataclass_fields__.items():
+        default = fld.default
+        if isinstance(default, str) and default.startswith("${"):
+            default = None
+        values[name] = getattr(default, "value", default)
+    values.update(TRANSFORMER, max_target_positions=length, tokens_per_sample=length, add_bos_token=False,
+                  character_embeddings=False, tpu=False)
+    args = argparse.Namespace(**values)
+    base_lm_architecture(args)
+    return TransformerLanguageModel.build_model(args, task)
+
+
+def run_point(kind: str, length: int, steps: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build(kind, length)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    tokens = torch.randint(4, VOCAB, (1, length))
+    target = torch.randint(4, VOCAB, (1, length))
+    base_rss = _rss_bytes()
+
+    def train_step():
+        logits = model(tokens)[0]
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), target.view(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    train_step()  # warm-up (allocations, kernels)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    train_time = (time.perf_counter() - start) / steps
+    train_peak = _rss_bytes() - base_rss
+
+    model.eval()
+    with torch.no_grad():
+        model(tokens)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(tokens)
+        eval_time = (time.perf_counter() - start) / steps
+    return {
+        "model": kind, "context": length, "params": params,
+        "train_tokens_per_s": round(length / train_time, 1),
+        "train_peak_rss_mb": round(train_peak / 2 ** 20, 1),
+        "eval_tokens_per_s": round(length / eval_time, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per point (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per point before it is recorded as skipped")
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_point(args.one[0], int(args.one[1]), args.steps, args.threads)))
+        return
+
+    results = []
+    for length in args.lengths:
+        for kind in ("mega_lm", "transformer_lm"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, str(length), "--steps", str(args.steps),
+                   "--threads", str(args.threads)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else None
+                point = json.loads(line) if line else {"model": kind, "context": length,
+                                                       "skipped": "exit {}: {}".format(proc.returncode,
+                                                                                      proc.stderr.strip()[-300:])}
+            except subprocess.TimeoutExpired:
+                point = {"model": kind, "context": length, "skipped": "timeout after {} s".format(args.timeout)}
+            results.append(point)
+            print(json.dumps(point), file=sys.stderr, flush=True)
+
+    ratios = {}
+    for length in args.lengths:
+        mega = next((r for r in results if r["model"] == "mega_lm" and r["context"] == length), {})
+        trans = next((r for r in results if r["model"] == "transformer_lm" and r["context"] == length), {})
+        if "train_tokens_per_s" in mega and "train_tokens_per_s" in trans:
+            ratios[str(length)] = {
+                "train_speedup": round(mega["train_tokens_per_s"] / trans["train_tokens_per_s"], 2),
+                "eval_speedup": round(mega["eval_tokens_per_s"] / trans["eval_tokens_per_s"], 2),
+            }
+    print(json.dumps({"threads": args.threads, "steps": args.steps, "mega_config": MEGA,
+                      "transformer_config": TRANSFORMER, "points": results, "mega_over_transformer": ratios}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
