@@ -16,3 +16,4 @@ USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
 from mega_fairseq import models  # noqa: E402,F401  (registers models and architectures)
 from mega_fairseq import optim  # noqa: E402,F401  (registers the linear_decay LR scheduler)
+from mega_fairseq import tasks  # noqa: E402,F401  (registers the mega_language_modeling task)
