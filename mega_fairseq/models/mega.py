@@ -50,8 +50,8 @@ class MegaModel(FairseqEncoderDecoderModel):
     def build_model(cls, cfg, task):
         """Build from a MegaConfig DictConfig or an argparse Namespace (e.g. an old checkpoint's).
 
-        Missing and derived settings are filled in ``cfg`` itself (see
-        :func:`resolve_derived_defaults`), so the checkpoint stores the values actually used.
+        Missing and derived settings are filled in (see :func:`resolve_derived_defaults`); the
+        resolved settings are kept as ``model.args``.
         """
         resolve_derived_defaults(cfg)
         args = as_namespace(cfg)
