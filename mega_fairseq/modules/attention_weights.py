@@ -86,6 +86,9 @@ def attention_weights(
     """
     num_keys = k.size(-2)
     if attention_activation == "softmax":
+        if key_padding_mask is None and attn_mask is not None:
+            # fold the (small) mask into the bias: one pass less over the scores
+            bias, attn_mask = bias + attn_mask, None
         scores = torch.matmul(q * (q.size(-1) ** -0.5), k.transpose(-1, -2)) + bias
         if key_padding_mask is not None:
             # The most negative finite value, not -inf: a query whose visible keys are all pads
