@@ -73,7 +73,8 @@ def decode(module, x, schedule, padding_mask=None):
     return torch.cat(outputs)
 
 
-# (chunk_size, attention_activation, rel_pos_bias, truncation, padded, schedule)
+# (chunk_size, attention_activation, rel_pos_bias, truncation, padded, schedule);
+# padded: False, True (right padding, the fairseq default for targets) or "left"
 CONFIGS = [
     (-1, "softmax", "simple", None, False, [1]),
     (-1, "relu2", "simple", None, False, [1]),
@@ -96,13 +97,16 @@ CONFIGS = [
     (4, "softmax", "simple", None, True, [3, 2, 7, 1]),
     (3, "relu2", "rotary", 4, True, [2, 5, 1]),
     (5, "softmax", "rotary", None, False, [13]),
+    (-1, "softmax", "simple", None, "left", [1]),
+    (4, "relu2", "rotary", None, "left", [3, 1]),
+    (3, "laplace", "simple", 4, "left", [2, 5, 1]),
 ]
 
 
 def config_id(config):
     chunk, act, bias, trunc, padded, schedule = config
     return "chunk{}-{}-{}-trunc{}-{}-steps{}".format(
-        chunk, act, bias, trunc, "rpad" if padded else "nopad", "_".join(map(str, schedule))
+        chunk, act, bias, trunc, {False: "nopad", True: "rpad", "left": "lpad"}[padded], "_".join(map(str, schedule))
     )
 
 
@@ -113,14 +117,18 @@ def test_mega_attention_incremental_equals_full(config):
     length, bsz = 13, 3
     torch.manual_seed(1)
     x = torch.randn(length, bsz, D)
-    padding_mask = right_padding([13, 9, 5], length) if padded else None
+    padding_mask = None
+    if padded == "left":
+        padding_mask = torch.arange(length).unsqueeze(0) < torch.tensor([0, 5, 9]).unsqueeze(1)
+    elif padded:
+        padding_mask = right_padding([13, 9, 5], length)
     if padding_mask is not None:
         # the decoder zeroes embeddings at pad positions; keep the test honest with non-zero pads
         x[padding_mask.transpose(0, 1)] = torch.randn(int(padding_mask.sum()), D)
     with torch.no_grad():
         full, _ = module(x, padding_mask=padding_mask, attn_mask=causal_mask(length, chunk, act))
         incremental = decode(module, x, schedule, padding_mask)
-    assert torch.isfinite(full).all()
+    assert torch.isfinite(full).all() and torch.isfinite(incremental).all()
     assert (incremental - full).abs().max().item() <= TOL
 
 
