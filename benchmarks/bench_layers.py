@@ -8,8 +8,9 @@ Prints one JSON object on stdout:
   4x width), for L = 512 ... 16384. Every row uses the same number of tokens
   per call (batch = tokens // L), so ``ms_per_token`` compares equal work.
 * ``decode``: one-token incremental step time of the causal Mega layer against
-  the position, averaged over ``decode_window`` consecutive steps that start at
-  the position (a whole chunk cycle, so every cache fill level counts once).
+  the position: median (``step_ms``, robust to other processes) and mean over
+  ``decode_window`` consecutive steps that start at the position (a whole chunk
+  cycle, so every cache fill level counts once).
 * ``ratios``: chunk-128 time per token at the longest length over the shortest
   (target <= 1.25 for 16384 / 512), decode step at the last position over the
   first (target <= 1.2 for 4096 / 16), and Transformer / Mega speed-ups.
@@ -135,11 +136,14 @@ def worker_decode(spec):
             state = {}
             layer(x[:position], incremental_state=state)  # prefill in one multi-token step
             layer(x[position : position + 1], incremental_state={})  # warm-up on a throw-away state
-            start = time.perf_counter()
+            times = []
             for t in range(position, position + window):
+                start = time.perf_counter()
                 layer(x[t : t + 1], incremental_state=state)
+                times.append(time.perf_counter() - start)
+            times.sort()
             rows.append(dict(model=spec["model"], position=position,
-                             step_ms=(time.perf_counter() - start) * 1e3 / window))
+                             step_ms=times[len(times) // 2] * 1e3, mean_step_ms=sum(times) * 1e3 / window))
     return rows
 
 
@@ -176,6 +180,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--mem-budget-gb", type=float, default=6.0)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
+    parser.add_argument("--only", choices=["train", "decode"], help="run one part only")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -187,7 +192,7 @@ def main():
 
     spec = dict(QUICK if args.quick else FULL)
     train = []
-    for length in spec["lengths"]:
+    for length in spec["lengths"] if args.only != "decode" else []:
         for name in MODELS:
             batch = max(1, spec["tokens"] // length)
             need = attention_bytes(name, length, batch)
@@ -199,7 +204,7 @@ def main():
             row = run_worker("train", dict(spec, model=name, length=length), args.timeout, args.quick)
             train.append(dict(row, model=name, length=length))
     decode = []
-    for name in ("mega_chunk128", "mega_chunk-1"):
+    for name in ("mega_chunk128", "mega_chunk-1") if args.only != "train" else ():
         result = run_worker("decode", dict(spec, model=name), args.timeout, args.quick)
         decode.extend(result if isinstance(result, list) else [dict(result, model=name)])
 
