@@ -10,6 +10,15 @@ from mega_model_helpers import StubTask, dictionary_from_spec, incremental_logit
 PAD, EOS = 1, 2
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models decode step by step: extra threads only add contention on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 def tiny_args(**overrides):
     values = dict(encoder_layers=2, decoder_layers=2, encoder_embed_dim=16, encoder_hidden_dim=24,
                   encoder_ffn_embed_dim=20, encoder_z_dim=8, encoder_n_dim=2, share_all_embeddings=True,
