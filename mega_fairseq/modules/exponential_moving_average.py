@@ -37,11 +37,13 @@ from .ema_fft import fft_bidirectional_conv, fft_causal_conv
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 CONV_ALGORITHMS = ("auto", "fft", "chunked")
-# Measured on a 2-core CPU (benchmarks/bench_ema.py, D=256, N=16, forward + backward):
-# the FFT path wins only for very short sequences (fixed cost of the batched small
-# matmuls); from ~128 steps on the blocked scan is 1.2x-3x faster, and its cost per
-# token stays flat while the FFT's grows with the length.
+# Measured with benchmarks/bench_ema.py (CPU, D=256, N=16, forward + backward): the
+# FFT path wins only for small calls (fixed cost of the batched small matmuls); with
+# 8192 tokens per call the blocked scan is ~2x faster at L=32, ~4x at 2048 and
+# ~10x at 8192-16384, and its cost per token stays flat. Block 64 was best or tied.
 _CHUNKED_MIN_LENGTH = 96
+_CHUNKED_MIN_TOKENS = 2048
+_DEFAULT_BLOCK = 64
 _CACHE_ENTRIES = 16
 
 
@@ -202,19 +204,19 @@ class MultiHeadEMA(nn.Module):
         return self._kernel(length, compute_dtype)
 
     # ------------------------------------------------------- whole sequences
-    def _pick_algorithm(self, length: int) -> str:
+    def _pick_algorithm(self, length: int, bsz: int) -> str:
         if self.conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(
                 "conv_algorithm must be one of {}, got {!r}".format(CONV_ALGORITHMS, self.conv_algorithm)
             )
         if self.conv_algorithm != "auto":
             return self.conv_algorithm
-        return "chunked" if length >= _CHUNKED_MIN_LENGTH else "fft"
+        if length >= _CHUNKED_MIN_LENGTH or length * bsz >= _CHUNKED_MIN_TOKENS:
+            return "chunked"
+        return "fft"
 
-    def _block_length(self, length: int) -> int:
-        if self.chunk_block is not None:
-            return self.chunk_block
-        return 64 if length >= 1024 else 32
+    def _block_length(self) -> int:
+        return _DEFAULT_BLOCK if self.chunk_block is None else self.chunk_block
 
     def _convolve(self, x: Tensor) -> Tensor:
         """EMA convolution of a whole sequence (no residual, no activation).
@@ -226,7 +228,7 @@ class MultiHeadEMA(nn.Module):
             ``D x B x L``.
         """
         length = x.size(-1)
-        if self._pick_algorithm(length) == "fft":
+        if self._pick_algorithm(length, x.size(1)) == "fft":
             kernel = self._kernel(length, x.dtype)
             if self.bidirectional:
                 return fft_bidirectional_conv(x, kernel[: self.embed_dim], kernel[self.embed_dim:])
@@ -242,7 +244,7 @@ class MultiHeadEMA(nn.Module):
             rows = torch.cat([rows, rows], dim=0)
             c = torch.cat([c, c * torch.exp(log_q * float(window))], dim=0)
             p_beta, log_q = p_beta.repeat(2, 1), log_q.repeat(2, 1)
-        out = chunked_causal_ema(rows, p_beta, log_q, c, self._block_length(length))
+        out = chunked_causal_ema(rows, p_beta, log_q, c, self._block_length())
         if truncated:
             kept, tail = out.chunk(2, dim=0)
             out = kept - F.pad(tail[..., : length - window], (window, 0))
