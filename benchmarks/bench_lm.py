@@ -67,7 +67,11 @@ def build(kind: str, length: int):
     return TransformerLanguageModel.build_model(args, task)
 
 
-def run_point(kind: str, length: int, steps: int, threads: int) -> dict:
+def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: float) -> dict:
+    # Cap this process's address space: a point that needs more fails here with an allocation
+    # error (recorded as skipped) instead of pushing the machine into the OOM killer.
+    limit = int(max_memory_gb * 2 ** 30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import torch
 
     torch.set_num_threads(threads)
@@ -115,17 +119,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per point (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per point before it is recorded as skipped")
+    parser.add_argument("--max-memory-gb", type=float, default=10.0,
+                        help="address-space cap of each point's process (beyond it the point is skipped)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_point(args.one[0], int(args.one[1]), args.steps, args.threads)))
+        print(json.dumps(run_point(args.one[0], int(args.one[1]), args.steps, args.threads, args.max_memory_gb)))
         return
 
     results = []
     for length in args.lengths:
         for kind in ("mega_lm", "transformer_lm"):
             cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, str(length), "--steps", str(args.steps),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                 line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else None

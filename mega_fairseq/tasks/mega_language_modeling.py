@@ -20,7 +20,20 @@ import math
 import os
 from dataclasses import dataclass, field
 from fairseq import utils
-from fairseq.data import MonolingualDataset, TokenBlockDataset, data_utils
+import numpy as np
+from fairseq.data import (
+    AppendTokenDataset,
+    IdDataset,
+    ListDataset,
+    MonolingualDataset,
+    NestedDictionaryDataset,
+    NumelDataset,
+    PadDataset,
+    PrependTokenDataset,
+    StripTokenDataset,
+    TokenBlockDataset,
+    data_utils,
+)
 from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
@@ -185,3 +198,22 @@ class MegaLanguageModelingTask(LanguageModelingTask):
             data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
 
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """Prompts for fairseq-interactive / scoring: ``[eos|bos] + prompt`` as source, ``prompt + pad``
+        as target, one prompt per item (as fairseq's, without its eos-mode TokenBlockDataset)."""
+        eos, pad = self.source_dictionary.eos(), self.source_dictionary.pad()
+        prompts = StripTokenDataset(ListDataset(src_tokens, np.array(src_lengths)), eos)
+        start = self.source_dictionary.bos() if getattr(self.args, "add_bos_token", False) else eos
+        source = PrependTokenDataset(prompts, token=start)
+        target = AppendTokenDataset(prompts, token=pad)
+        return NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": PadDataset(source, pad_idx=pad, left_pad=False),
+                    "src_lengths": NumelDataset(source, reduce=False),
+                },
+                "target": PadDataset(target, pad_idx=pad, left_pad=False),
+            },
+            sizes=[np.array(src_lengths)],
+        )
