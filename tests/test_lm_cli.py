@@ -147,3 +147,13 @@ def test_fairseq_generate_beam_and_sampling(trained, mode):
     assert all(math.isfinite(float(score)) for score, _ in hypotheses)
     assert any(len(text.split()) > 2 for _, text in hypotheses)
     assert all(set(text.split()) <= set(WORDS) | {"<unk>"} for _, text in hypotheses)
+
+
+def test_fairseq_interactive_continues_a_prompt(trained):
+    checkpoint = trained["root"] / "ckpt_chunked" / "checkpoint_last.pt"
+    proc = run_cli("fairseq-interactive", trained["data"], "--user-dir", mega_fairseq.USER_DIR,
+                   "--task", "mega_language_modeling", "--path", checkpoint, "--sampling", "--sampling-topk", "3",
+                   "--beam", "1", "--max-len-b", "12", "--cpu", "--seed", "4", stdin="the cat\nthe big red\n")
+    hypotheses = re.findall(r"^H-(\d+)\t(-?[\d.]+)\t(.*)$", proc.stdout, flags=re.M)
+    assert [h[0] for h in hypotheses] == ["0", "1"], proc.stdout[-2000:]
+    assert hypotheses[0][2].startswith("the cat") and hypotheses[1][2].startswith("the big red")

@@ -10,7 +10,7 @@
 # 4. fairseq-eval-lm scores the whole test set as ONE block (hundreds of chunks long), streamed
 #    1024 tokens at a time, and prints the base-2 loss (= bits per character) and perplexity;
 # 5. fairseq-interactive samples a continuation of a prompt.
-# Settings (environment): DEMO_UPDATES (250), DEMO_STORIES (1500), OMP_NUM_THREADS (2).
+# Settings (environment): DEMO_UPDATES (300), DEMO_STORIES (1500), OMP_NUM_THREADS (2).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -20,7 +20,7 @@ if [ -x "$ROOT/.venv/bin/python" ]; then
 fi
 PYTHON=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-UPDATES=${DEMO_UPDATES:-250}
+UPDATES=${DEMO_UPDATES:-300}
 HERE=$ROOT/examples/language_model
 USER_DIR=$("$PYTHON" -m mega_fairseq)
 rm -rf "$WORK"
@@ -59,9 +59,8 @@ fairseq-eval-lm "$WORK/data-bin" --user-dir "$USER_DIR" --task mega_language_mod
     | tee "$WORK/eval.log" | grep -E 'Evaluated|Loss \(base 2\)' | sed -E 's/.*\| INFO \| fairseq_cli.eval_lm \| /   /'
 echo "   (tokens are characters: the base-2 loss is the test set's bits per character)"
 
-echo "== [5/5] sampling a continuation (fairseq-interactive, top-3 sampling)"
-PROMPT="long ago a child named"
-echo "$PROMPT" | sed 's/ /_/g; s/./& /g; s/ $//' \
+echo "== [5/5] sampling continuations of two prompts (fairseq-interactive, top-3 sampling)"
+printf 'long ago a child named\nthe baker asked\n' | sed 's/ /_/g; s/./& /g; s/ $//' \
     | fairseq-interactive "$WORK/data-bin" --user-dir "$USER_DIR" --task mega_language_modeling \
         --path "$WORK/checkpoints/checkpoint_last.pt" --sampling --sampling-topk 3 --beam 1 --max-len-b 160 \
         --seed 3 --cpu 2>/dev/null \
