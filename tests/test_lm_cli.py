@@ -157,3 +157,45 @@ def test_fairseq_interactive_continues_a_prompt(trained):
     hypotheses = re.findall(r"^H-(\d+)\t(-?[\d.]+)\t(.*)$", proc.stdout, flags=re.M)
     assert [h[0] for h in hypotheses] == ["0", "1"], proc.stdout[-2000:]
     assert hypotheses[0][2].startswith("the cat") and hypotheses[1][2].startswith("the big red")
+
+
+def test_hydra_train_with_a_shipped_preset_yaml(trained, tmp_path):
+    """fairseq-hydra-train picking config/model/mega_lm/mega_lm_enwik8_base.yaml, then a few overrides."""
+    from mega_fairseq.models.arch_presets import CONFIG_DIR
+
+    save = tmp_path / "ckpt"
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "exp.yaml").write_text("\n".join([
+        "defaults:", "  - model: mega_lm/mega_lm_enwik8_base", "  - _self_",
+        "hydra:", "  searchpath:", "    - file://{}".format(CONFIG_DIR),
+        "task:", "  _name: mega_language_modeling", "  data: {}".format(trained["data"]),
+        "  sample_break_mode: complete", "  valid_block: splits:1",
+        "model:", "  decoder_layers: 1", "  decoder_embed_dim: 16", "  decoder_hidden_dim: 24",
+        "  decoder_ffn_embed_dim: 24", "  decoder_z_dim: 8", "  decoder_n_dim: 4", "  decoder_chunk_size: 8",
+        "criterion: cross_entropy", "optimizer:", "  _name: adam", "lr_scheduler:", "  _name: fixed",
+        "optimization:", "  max_update: 3", "  lr: [0.005]", "dataset:", "  max_tokens: 256", "  num_workers: 0",
+        "checkpoint:", "  save_dir: {}".format(save), "common:", "  cpu: true", "  log_format: simple",
+        "  log_interval: 1", "  user_dir: {}".format(mega_fairseq.USER_DIR), ""]))
+    proc = run_cli("fairseq-hydra-train", "--config-dir", tmp_path / "conf", "--config-name", "exp",
+                   "hydra.run.dir={}".format(tmp_path / "hydra_out"), cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert re.search(r"num_updates 3\b", log), log[-3000:]
+    state = torch.load(save / "checkpoint_last.pt", weights_only=False)
+    model_cfg = state["cfg"]["model"]
+    assert model_cfg["_name"] == "mega_lm" and model_cfg["decoder_layers"] == 1
+    # preset values that were not overridden reached the model
+    assert model_cfg["dropout"] == 0.1 and model_cfg["activation_dropout"] == 0.0
+
+
+def test_variable_training_blocks_beyond_an_unchunked_model_are_refused(trained):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(trained["data"]), "--user-dir", mega_fairseq.USER_DIR, "--task", "mega_language_modeling", *TINY_MEGA,
+        "--tokens-per-sample", "32", "--variant-block-multiple-max", "3"])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    task.build_model(cfg.model)
+    with pytest.raises(ValueError, match=r"up to 3 x 32 = 96 tokens are longer than the model accepts \(32"):
+        task.load_dataset("train")

@@ -88,6 +88,7 @@ class MegaLanguageModelingTask(LanguageModelingTask):
         self._eval_datasets = []
         # the attention chunk of the model built by this task (the training-block unit)
         self._model_chunk_size = None
+        self._model_max_positions = None
 
     def _check_options(self) -> None:
         args = self.args
@@ -105,6 +106,7 @@ class MegaLanguageModelingTask(LanguageModelingTask):
         model = super().build_model(cfg, from_checkpoint)
         decoder = getattr(model, "decoder", None)
         self._model_chunk_size = getattr(decoder, "chunk_size", None)
+        self._model_max_positions = model.max_positions()
         if self.args.test_chunk_size > 0 and hasattr(decoder, "stream_size"):
             decoder.stream_size = self.args.test_chunk_size * self.args.chunk_nums
             logger.info("streaming evaluation: pieces of %d tokens", decoder.stream_size)
@@ -159,6 +161,13 @@ class MegaLanguageModelingTask(LanguageModelingTask):
                                  "--variant-block-multiple-max > 1; allowed break modes: none, complete, complete_doc")
             return TokenBlockDataset(dataset, dataset.sizes, unit, pad=self.dictionary.pad(), eos=self.dictionary.eos(),
                                      break_mode="eos", include_targets=True)
+        longest = unit * high
+        if self._model_max_positions is not None and longest > self._model_max_positions:
+            raise ValueError(
+                "training blocks of up to {} x {} = {} tokens are longer than the model accepts ({}: an unchunked "
+                "model's --max-target-positions). Allowed: --decoder-chunk-size > 0 (any length), or "
+                "--variant-block-multiple-max x --tokens-per-sample <= --max-target-positions".format(
+                    high, unit, longest, self._model_max_positions))
         logger.info("training blocks: %d..%d x %d tokens", low, high, unit)
         return VariantBlockDataset(dataset, dataset.sizes, unit, low, high, pad=self.dictionary.pad(),
                                    eos=self.dictionary.eos(), break_mode=self.args.sample_break_mode,
