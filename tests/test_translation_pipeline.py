@@ -205,3 +205,35 @@ def test_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error_in_gener
                    "--cpu", "-s", "en", "-t", "zed", check=False)
     assert proc.returncode != 0
     assert "does not match the checkpoint" in proc.stderr + proc.stdout
+
+
+def test_fairseq_hydra_train_with_the_preset_yaml(pipeline, tmp_path):
+    """``fairseq-hydra-train`` picks config/model/mega/mega_wmt_en_de.yaml and trains/saves."""
+    save = tmp_path / "ckpt"
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "mt.yaml").write_text("\n".join([
+        "defaults:", "  - model: mega/mega_wmt_en_de", "  - _self_",
+        "hydra:", "  searchpath:", "    - file://{}".format(PLUGIN_DIR / "config"),
+        "task:", "  _name: translation", "  data: {}".format(pipeline["data"]), "  source_lang: en",
+        "  target_lang: zed",
+        "model:", "  encoder_layers: 1", "  decoder_layers: 1", "  encoder_embed_dim: 16", "  encoder_hidden_dim: 32",
+        "  encoder_z_dim: 8", "  encoder_n_dim: 2", "  share_all_embeddings: true",
+        "criterion:", "  _name: label_smoothed_cross_entropy", "  label_smoothing: 0.1",
+        "optimizer:", "  _name: adam",
+        "lr_scheduler:", "  _name: linear_decay", "  warmup_updates: 1", "  total_num_update: 2",
+        "optimization:", "  max_update: 2", "  lr: [0.001]",
+        "dataset:", "  max_tokens: 512", "  num_workers: 0",
+        "checkpoint:", "  save_dir: {}".format(save), "  no_epoch_checkpoints: true",
+        "common:", "  cpu: true", "  log_format: simple", "  log_interval: 1",
+        "  user_dir: {}".format(PLUGIN_DIR),
+    ]) + "\n")
+    proc = run_cli("fairseq-hydra-train", "--config-dir", conf, "--config-name", "mt",
+                   "hydra.run.dir={}".format(tmp_path / "hydra_out"), cwd=tmp_path)
+    assert re.search(r"num_updates 2\b", proc.stdout + proc.stderr)
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    model_cfg = state["cfg"]["model"]
+    assert model_cfg["_name"] == "mega"
+    assert model_cfg["attention_dropout"] == 0.1 and model_cfg["activation_dropout"] == 0.1  # the preset's
+    assert state["model"]["encoder.embed_tokens.weight"].shape[1] == 16
+    assert state["model"]["decoder.layers.0.cross_attn.k_proj.weight"].shape == (8, 16)
