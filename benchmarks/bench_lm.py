@@ -8,6 +8,10 @@ the machine's conditions. Both models have about the same parameter count (print
 
     python benchmarks/bench_lm.py                       # 512 ... 16384
     python benchmarks/bench_lm.py --lengths 1024 4096 --steps 3
+
+Two extra rows per length measure scoring alone (a fresh process, no training first):
+``mega_lm:eval`` (one full forward) and ``mega_lm:eval-stream1024`` (the same block streamed
+1024 tokens at a time, as fairseq-eval-lm --test-chunk-size does), with their peak memory.
 """
 import argparse
 import json
@@ -76,6 +80,8 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if kind.startswith("mega_lm:eval"):
+        return run_eval_memory_point(kind, length, steps)
     model = build(kind, length)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -113,11 +119,32 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
     }
 
 
+def run_eval_memory_point(kind: str, length: int, steps: int) -> dict:
+    """Scoring only (no training in this process), so the peak memory is the evaluation's own:
+    ``mega_lm:eval`` = one full forward, ``mega_lm:eval-streamN`` = streamed in pieces of N tokens."""
+    import torch
+
+    model = build("mega_lm", length).eval()
+    stream = int(kind.split("stream")[1]) if "stream" in kind else 0
+    model.decoder.stream_size = stream
+    tokens = torch.randint(4, VOCAB, (1, length))
+    base_rss = _rss_bytes()
+    with torch.no_grad():
+        model(tokens)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(tokens)
+        eval_time = (time.perf_counter() - start) / steps
+    return {"model": kind, "context": length, "eval_tokens_per_s": round(length / eval_time, 1),
+            "eval_peak_rss_mb": round((_rss_bytes() - base_rss) / 2 ** 20, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per point (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stream", type=int, default=1024, help="piece length of the streamed-eval points")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per point before it is recorded as skipped")
     parser.add_argument("--max-memory-gb", type=float, default=10.0,
                         help="address-space cap of each point's process (beyond it the point is skipped)")
@@ -129,7 +156,7 @@ def main() -> None:
 
     results = []
     for length in args.lengths:
-        for kind in ("mega_lm", "transformer_lm"):
+        for kind in ("mega_lm", "transformer_lm", "mega_lm:eval", "mega_lm:eval-stream{}".format(args.stream)):
             cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, str(length), "--steps", str(args.steps),
                    "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
             try:
