@@ -107,9 +107,13 @@ class MegaLanguageModelingTask(LanguageModelingTask):
         decoder = getattr(model, "decoder", None)
         self._model_chunk_size = getattr(decoder, "chunk_size", None)
         self._model_max_positions = model.max_positions()
-        if self.args.test_chunk_size > 0 and hasattr(decoder, "stream_size"):
-            decoder.stream_size = self.args.test_chunk_size * self.args.chunk_nums
-            logger.info("streaming evaluation: pieces of %d tokens", decoder.stream_size)
+        if self.args.test_chunk_size > 0:
+            if hasattr(decoder, "stream_size"):
+                decoder.stream_size = self.args.test_chunk_size * self.args.chunk_nums
+                logger.info("streaming evaluation: pieces of %d tokens", decoder.stream_size)
+            else:
+                logger.warning("--test-chunk-size is ignored: %s cannot stream (only mega_lm can)",
+                               type(model).__name__)
         return model
 
     # ------------------------------------------------------------------- data
