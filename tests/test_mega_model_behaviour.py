@@ -157,3 +157,30 @@ def test_separate_dictionaries_without_sharing(dictionary):
     assert model.decoder.output_projection.weight is not model.decoder.embed_tokens.weight
     src, src_lengths, tgt = make_batch([5], [4], len(dictionary))
     assert model(src, src_lengths, tgt)[0].shape == (1, 4, len(other))
+
+
+def test_truncation_beyond_max_positions_is_dropped_without_changing_outputs(dictionary):
+    model = build(dictionary, truncation_length=1024)  # max positions are 40
+    emas = [module for module in model.modules() if hasattr(module, "truncation") and hasattr(module, "window")]
+    assert emas and all(ema.window is None for ema in emas)
+    src, src_lengths, tgt = make_batch([30, 8], [40, 11], len(dictionary))
+    with torch.no_grad():
+        dropped, _ = model(src, src_lengths, tgt)
+        for ema in emas:
+            ema.truncation = 1024
+            ema._clear_cache()
+        kept, _ = model(src, src_lengths, tgt)
+    assert torch.allclose(dropped, kept, atol=1e-12)
+
+
+def test_effective_truncation_is_kept_and_exact_when_decoding(dictionary):
+    model = build(dictionary, truncation_length=5)
+    assert model.decoder.layers[0].mega_layer.move.window == 5
+    assert model.encoder.layers[0].mega_layer.move.window == 5
+    src, src_lengths, tgt = make_batch([9, 4], [12, 7], len(dictionary))
+    with torch.no_grad():
+        full, _ = model(src, src_lengths, tgt)
+        enc = model.encoder(src, src_lengths)
+        inc = incremental_logits(model, enc, tgt)
+    real = tgt.ne(PAD)
+    assert (full[real] - inc[real]).abs().max().item() < 1e-10

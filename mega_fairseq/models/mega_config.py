@@ -193,3 +193,18 @@ def as_namespace(cfg) -> argparse.Namespace:
             value = _get(cfg, name)
             values[name] = value.value if isinstance(value, Enum) else value
     return argparse.Namespace(**values)
+
+
+def layer_namespace(args: argparse.Namespace, max_positions: int) -> argparse.Namespace:
+    """A copy of ``args`` for layers that never see more than ``max_positions`` steps.
+
+    A truncation length of at least ``max_positions`` can never take effect there (the moving
+    average kernel is cut at ``min(truncation, length)``), so it is dropped: the outputs are the
+    same, and incremental decoding can use the plain O(N) recurrence instead of a
+    truncation-long window of past inputs.
+    """
+    layer_args = argparse.Namespace(**vars(args))
+    truncation = args.truncation_length
+    if truncation is None or truncation <= 0 or truncation >= max_positions:
+        layer_args.truncation_length = None
+    return layer_args

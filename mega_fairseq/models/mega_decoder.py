@@ -9,6 +9,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from fairseq.modules import AdaptiveSoftmax
 from torch import Tensor
 
+from mega_fairseq.models.mega_config import layer_namespace
 from mega_fairseq.modules import FairseqDropout, MegaDecoderLayer, SequenceNorm
 from mega_fairseq.modules.attention_weights import causal_attention_mask
 
@@ -50,8 +51,9 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(embed_dim)
         self.embedding_dropout = FairseqDropout(args.dropout, module_name=self.__class__.__name__)
         self.embed_norm = SequenceNorm(args.normalization_type, embed_dim) if args.normalize_embedding else None
+        layer_args = layer_namespace(args, args.max_target_positions)
         self.layers = nn.ModuleList(
-            [MegaDecoderLayer(args, no_cross_attention=no_cross_attention) for _ in range(args.decoder_layers)]
+            [MegaDecoderLayer(layer_args, no_cross_attention=no_cross_attention) for _ in range(args.decoder_layers)]
         )
         self.num_layers = len(self.layers)
         self.final_norm = SequenceNorm(args.normalization_type, embed_dim) if args.normalize_before else None

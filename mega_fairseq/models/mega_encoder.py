@@ -7,6 +7,7 @@ import torch.nn as nn
 from fairseq.models import FairseqEncoder
 from torch import Tensor
 
+from mega_fairseq.models.mega_config import layer_namespace
 from mega_fairseq.modules import FairseqDropout, MegaEncoderLayer, SequenceNorm
 
 EncoderOutDict = Dict[str, List[Tensor]]
@@ -52,7 +53,8 @@ class MegaEncoder(FairseqEncoder):
         self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(embed_dim)
         self.embedding_dropout = FairseqDropout(args.dropout, module_name=self.__class__.__name__)
         self.embed_norm = SequenceNorm(args.normalization_type, embed_dim) if args.normalize_embedding else None
-        self.layers = nn.ModuleList([MegaEncoderLayer(args) for _ in range(args.encoder_layers)])
+        layer_args = layer_namespace(args, args.max_source_positions)
+        self.layers = nn.ModuleList([MegaEncoderLayer(layer_args) for _ in range(args.encoder_layers)])
         self.num_layers = len(self.layers)
         self.final_norm = SequenceNorm(args.normalization_type, embed_dim) if args.normalize_before else None
 
