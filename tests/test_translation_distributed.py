@@ -40,15 +40,35 @@ def data(tmp_path_factory):
     return root / "bin"
 
 
-def test_two_gloo_workers_match_one_process_with_update_freq_2(data, tmp_path):
+@pytest.fixture(scope="module")
+def single_process_losses(data):
+    single = run_cli("fairseq-train", data, *MODEL, "--update-freq", "2")
+    one = losses(single.stdout + single.stderr)
+    assert len(one) == 6 and one[-1] < one[0], one  # it trains
+    return one
+
+
+def test_plain_distributed_world_size_2_on_cpu_matches_update_freq_2(data, single_process_losses):
+    # exactly what a user types: fairseq spawns the two CPU workers itself (gloo, default DDP backend)
+    proc = run_cli("fairseq-train", data, *MODEL, "--distributed-world-size", "2",
+                   env_extra={"OMP_NUM_THREADS": "1"})
+    log = proc.stdout + proc.stderr
+    assert "distributed init (rank 1)" in log, log[-3000:]
+    distributed = losses(log)
+    assert len(distributed) == 6, log[-3000:]
+    for a, b in zip(distributed, single_process_losses):
+        assert abs(a - b) <= 2e-3, (distributed, single_process_losses)
+
+
+def test_two_gloo_workers_match_one_process_with_update_freq_2(data, single_process_losses):
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     workers = []
     for rank in range(2):
         cmd = [str(BIN_DIR / "fairseq-train"), str(data), *MODEL, "--distributed-world-size", "2",
                "--distributed-rank", str(rank), "--distributed-backend", "gloo", "--distributed-no-spawn",
-               # fairseq 0.12.2 hands device_ids to torch DDP, which torch rejects for CPU modules;
-               # its own legacy_ddp all-reduces the gradients itself and works on CPU
+               # one process per rank started by hand (as a cluster launcher does), with fairseq's
+               # own gradient all-reduce instead of torch DDP
                "--ddp-backend", "legacy_ddp",
                "--distributed-init-method", "tcp://127.0.0.1:{}".format(port), "--device-id", "0"]
         workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
@@ -57,12 +77,9 @@ def test_two_gloo_workers_match_one_process_with_update_freq_2(data, tmp_path):
         out, _ = worker.communicate(timeout=300)
         assert worker.returncode == 0, out[-4000:]
         logs.append(out)
-    single = run_cli("fairseq-train", data, *MODEL, "--update-freq", "2")
-    single_log = single.stdout + single.stderr
     assert "distributed init (rank 1)" in logs[0] + logs[1]
-    distributed, one = losses(logs[0]), losses(single_log)
+    distributed, one = losses(logs[0]), single_process_losses
     assert len(distributed) == len(one) == 6, (distributed, one)
     for a, b in zip(distributed, one):
         assert abs(a - b) <= 2e-3, (distributed, one)
-    assert one[-1] < one[0]  # it trains
     print("losses, 2 workers:", distributed, "1 process --update-freq 2:", one)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 # Bumped whenever the patch set changes; becomes the wheel's local version label (0.12.2+megaN).
-PATCH_SET_VERSION = 2
+PATCH_SET_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,48 @@ def _safe_load_checkpoint(f, map_location):
         "torch >= 2.6's weights_only default rejects them, so say explicitly that this is trusted",
         old='        obj = torch.load(buffer, map_location="cpu")\n',
         new='        obj = torch.load(buffer, map_location="cpu", weights_only=False)  # in-job IPC\n',
+    ),
+    Patch(
+        name="cpu-distributed-single-node",
+        path="fairseq/distributed/utils.py",
+        why="--distributed-world-size N on one machine asserted N <= number of GPUs, so CPU "
+        "data-parallel training (gloo) could not start; without CUDA, N CPU workers are fine",
+        old="    assert (\n        cfg.distributed_world_size <= torch.cuda.device_count()\n    ), ",
+        new="    assert (\n        not torch.cuda.is_available()  # mega-fairseq: CPU workers\n"
+        "        or cfg.distributed_world_size <= torch.cuda.device_count()\n    ), ",
+    ),
+    Patch(
+        name="cpu-distributed-spawn-count",
+        path="fairseq/distributed/utils.py",
+        why="the spawner started min(#GPUs, world size) processes: zero on a CPU-only machine",
+        old="                nprocs=min(\n                    torch.cuda.device_count(),\n",
+        new="                nprocs=min(\n                    torch.cuda.device_count() or "
+        "cfg.distributed_training.distributed_world_size,  # mega-fairseq: CPU workers\n",
+    ),
+    Patch(
+        name="cpu-distributed-num-procs",
+        path="fairseq/distributed/utils.py",
+        why="same count, recorded in the config (distributed_num_procs)",
+        old="                torch.cuda.device_count(), cfg.distributed_world_size\n",
+        new="                torch.cuda.device_count() or cfg.distributed_world_size,  # mega-fairseq: CPU\n"
+        "                cfg.distributed_world_size,\n",
+    ),
+    Patch(
+        name="cpu-distributed-gloo",
+        path="fairseq/distributed/utils.py",
+        why="the default backend is NCCL, which needs GPUs; without CUDA use gloo",
+        old="                backend=cfg.distributed_training.distributed_backend,\n",
+        new="                backend=(cfg.distributed_training.distributed_backend if torch.cuda.is_available()\n"
+        "                         else \"gloo\"),  # mega-fairseq: NCCL needs GPUs\n",
+    ),
+    Patch(
+        name="cpu-ddp-device-ids",
+        path="fairseq/models/distributed_fairseq_model.py",
+        why="torch's DistributedDataParallel rejects device_ids for a CPU module, so the default "
+        "--ddp-backend (pytorch_ddp) failed on CPU",
+        old="            device_ids=[args.device_id],\n            output_device=args.device_id,\n",
+        new="            device_ids=[args.device_id] if device.type == \"cuda\" else None,  # mega-fairseq\n"
+        "            output_device=args.device_id if device.type == \"cuda\" else None,\n",
     ),
     Patch(
         name="transformer-disable-bt-fastpath",
