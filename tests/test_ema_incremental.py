@@ -75,7 +75,7 @@ def test_non_positive_truncation_means_none(name, truncation):
 
 
 @pytest.mark.parametrize("window", [1, 4, 12, 13, 40])
-@pytest.mark.parametrize("algorithm,block", [("fft", None), ("chunked", 3), ("chunked", 5)])
+@pytest.mark.parametrize("algorithm,block", [("toeplitz", None), ("fft", None), ("chunked", 3), ("chunked", 5)])
 def test_truncated_full_forward_is_windowed_official_kernel(window, algorithm, block):
     module, record = load_reference("ema_causal", truncation=window)
     module.conv_algorithm, module.chunk_block = algorithm, block
@@ -86,7 +86,7 @@ def test_truncated_full_forward_is_windowed_official_kernel(window, algorithm, b
 
 
 @pytest.mark.parametrize("window", [1, 3, 11])
-@pytest.mark.parametrize("algorithm,block", [("fft", None), ("chunked", 4)])
+@pytest.mark.parametrize("algorithm,block", [("toeplitz", None), ("fft", None), ("chunked", 4)])
 def test_truncated_bidirectional_is_windowed_official_kernel(window, algorithm, block):
     module, record = load_reference("ema_bidirectional", truncation=window)
     module.conv_algorithm, module.chunk_block = algorithm, block
@@ -115,7 +115,7 @@ def test_truncated_decoding_is_exact(window, splits):
 
 
 # --------------------------------------------------------- multi-token steps
-@pytest.mark.parametrize("algorithm", ["fft", "chunked"])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "chunked"])
 @pytest.mark.parametrize("splits", [[7, 1, 1, 1, 3, 10, 1], [1, 1, 2, 30, 1], [40, 1, 1]])
 def test_multi_token_steps_equal_full_forward(algorithm, splits):
     module = random_ema(seed=1)
@@ -146,7 +146,7 @@ def test_one_token_step_does_no_fft(monkeypatch):
 
 # ------------------------------------------------------------------- padding
 @pytest.mark.parametrize("name", ["ema_causal", "ema_bidirectional"])
-@pytest.mark.parametrize("algorithm", ["fft", "chunked"])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "chunked"])
 def test_padding_never_leaks_and_gives_no_nan(name, algorithm):
     module, record = load_reference(name)
     module.conv_algorithm, module.chunk_block = algorithm, 3

@@ -108,7 +108,7 @@ def test_bfloat16_decoding():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("algorithm", ["fft", "chunked"])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "chunked"])
 def test_gradcheck_float64(bidirectional, algorithm):
     torch.manual_seed(0)
     module = MultiHeadEMA(3, ndim=2, bidirectional=bidirectional).double().train()
@@ -174,7 +174,7 @@ def test_long_sequence_paths_agree(bidirectional, window):
     x = torch.randn(1500, 2, 4)
     outs = {}
     with torch.no_grad():
-        for algorithm, block in [("fft", None), ("chunked", None), ("chunked", 48)]:
+        for algorithm, block in [("fft", None), ("toeplitz", None), ("chunked", None), ("chunked", 48)]:
             module.conv_algorithm, module.chunk_block = algorithm, block
             outs[(algorithm, block)] = module(x)
     baseline = outs[("fft", None)]

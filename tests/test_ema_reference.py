@@ -18,7 +18,7 @@ F64_FULL_TOL = 1e-5
 F64_EXACT_TOL = 1e-10
 
 # (conv_algorithm, chunk_block)
-PATHS = [("fft", None), ("chunked", None), ("chunked", 3), ("chunked", 5), ("auto", None)]
+PATHS = [("toeplitz", None), ("fft", None), ("chunked", None), ("chunked", 3), ("chunked", 5), ("auto", None)]
 
 
 def load_reference(name):
@@ -87,7 +87,7 @@ def test_one_token_decoding_matches_official(name):
 
 
 @pytest.mark.parametrize("name", ["ema_causal", "ema_causal_f64"])
-@pytest.mark.parametrize("algorithm", ["fft", "chunked"])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "chunked"])
 def test_multi_token_decoding_matches_official(name, algorithm):
     module, record = load_reference(name)
     module.conv_algorithm = algorithm
@@ -106,7 +106,7 @@ def test_multi_token_decoding_matches_official(name, algorithm):
 def test_f64_full_forward_is_float64_accurate():
     """Our f64 path computes in float64: it matches the official pure-f64 recurrence closely."""
     module, record = load_reference("ema_causal_f64")
-    for algorithm in ["fft", "chunked"]:
+    for algorithm in ["toeplitz", "fft", "chunked"]:
         module.conv_algorithm = algorithm
         with torch.no_grad():
             out = module(record["inputs"]["x"])

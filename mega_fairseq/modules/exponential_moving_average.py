@@ -7,8 +7,9 @@ Per channel ``d`` and each of ``N`` EMA dimensions ``n``::
     y[t] = silu(sum_n gamma * sqrt(1/N) * h[t, n] + omega * x[t])
 
 A whole sequence is a causal convolution with the kernel
-``k[m] = sum_n gamma sqrt(1/N) p beta q^m`` (evaluated by FFT or by a blocked
-scan, whichever is faster for the length). The bidirectional variant adds an
+``k[m] = sum_n gamma sqrt(1/N) p beta q^m``, evaluated as one dense Toeplitz
+matmul for short sequences, else by FFT or by a blocked scan, whichever is
+faster for the length. The bidirectional variant adds an
 anti-causal convolution with a second set of parameters; the lag-0 tap is
 counted by both directions. Decoding steps use the recurrence.
 
@@ -33,15 +34,19 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 
 from .ema_chunked_scan import chunked_causal_ema, ema_kernel, geometric_powers
 from .ema_fft import fft_bidirectional_conv, fft_causal_conv
+from .ema_toeplitz import toeplitz_conv
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
-CONV_ALGORITHMS = ("auto", "fft", "chunked")
+CONV_ALGORITHMS = ("auto", "toeplitz", "fft", "chunked")
 # Measured with benchmarks/bench_ema.py (CPU, D=256, N=16, forward + backward): the
 # FFT path wins only for small calls (fixed cost of the batched small matmuls); with
 # 8192 tokens per call the blocked scan is ~2x faster at L=32, ~4x at 2048 and
 # ~10x at 8192-16384, and its cost per token stays flat. Block 64 was best or tied.
 _CHUNKED_MIN_LENGTH = 96
+# Up to this length one dense L x L Toeplitz matmul per channel beats both (no FFT, no scan,
+# no doubled rows for the bidirectional EMA); measured with benchmarks/bench_ema.py.
+_TOEPLITZ_MAX_LENGTH = 64
 _CHUNKED_MIN_TOKENS = 2048
 _DEFAULT_BLOCK = 64
 _CACHE_ENTRIES = 16
@@ -59,8 +64,8 @@ class MultiHeadEMA(nn.Module):
             ``<= 0`` disables truncation.
 
     Attribute ``conv_algorithm`` picks the whole-sequence path: ``"auto"``
-    (default: FFT for short, blocked scan for long sequences), ``"fft"`` or
-    ``"chunked"``. ``chunk_block`` is the block length of the blocked scan
+    (default: dense Toeplitz matmul for short sequences, then FFT or blocked
+    scan), ``"toeplitz"``, ``"fft"`` or ``"chunked"``. ``chunk_block`` is the block length of the blocked scan
     (``None`` = automatic).
     """
 
@@ -211,6 +216,8 @@ class MultiHeadEMA(nn.Module):
             )
         if self.conv_algorithm != "auto":
             return self.conv_algorithm
+        if length <= _TOEPLITZ_MAX_LENGTH:
+            return "toeplitz"
         if length >= _CHUNKED_MIN_LENGTH or length * bsz >= _CHUNKED_MIN_TOKENS:
             return "chunked"
         return "fft"
@@ -228,7 +235,13 @@ class MultiHeadEMA(nn.Module):
             ``D x B x L``.
         """
         length = x.size(-1)
-        if self._pick_algorithm(length, x.size(1)) == "fft":
+        algorithm = self._pick_algorithm(length, x.size(1))
+        if algorithm == "toeplitz":
+            kernel = self._kernel(length, x.dtype)
+            if self.bidirectional:
+                return toeplitz_conv(x, kernel[: self.embed_dim], kernel[self.embed_dim:])
+            return toeplitz_conv(x, kernel)
+        if algorithm == "fft":
             kernel = self._kernel(length, x.dtype)
             if self.bidirectional:
                 return fft_bidirectional_conv(x, kernel[: self.embed_dim], kernel[self.embed_dim:])
@@ -350,18 +363,20 @@ class MultiHeadEMA(nn.Module):
         seq_len, bsz, _ = x.shape
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         x_compute = x.to(compute_dtype)
-        residual = x_compute * self.omega.to(compute_dtype)
-
+        x_conv = x_compute
         if padding_mask is not None:
             padding_mask = self._check_padding_mask(padding_mask, seq_len, bsz, incremental_state is not None)
             # masked_fill (not a product) so that NaN/inf at pads cannot leak into the convolution
-            x_compute = x_compute.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+            x_conv = x_compute.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
 
         if incremental_state is not None:
-            ema = self._step(x_compute, incremental_state)
+            ema = self._step(x_conv, incremental_state)
         else:
-            ema = self._convolve(x_compute.permute(2, 1, 0)).permute(2, 1, 0)  # via D x B x T
-        return F.silu(ema + residual).to(x.dtype)
+            ema = self._convolve(x_conv.permute(2, 1, 0)).permute(2, 1, 0)  # via D x B x T
+        # residual first, so the sum (and everything after it) is laid out Time x Batch x D;
+        # in place: the product's backward does not need its output
+        out = (x_compute * self.omega.to(compute_dtype)).add_(ema)
+        return F.silu(out).to(x.dtype)
 
     @staticmethod
     def _check_padding_mask(padding_mask: Tensor, seq_len: int, bsz: int, incremental: bool) -> Tensor:
