@@ -61,6 +61,22 @@ def _visible_real_key_counts(key_padding_mask: Optional[Tensor], attn_mask: Opti
     return torch.matmul(real, attn_mask.transpose(0, 1)).clamp(min=1.0).unsqueeze(-1)
 
 
+def scaled_scores_plus(q: Tensor, k: Tensor, additive: Tensor, scale: float) -> Tensor:
+    """``additive + scale * q @ k^T`` as one batched matmul.
+
+    q: ``(..., Q, Z)``; k: ``(..., K, Z)`` with the same leading dims; additive: ``(Q, K)`` or
+    ``(..., Q, K)`` (broadcastable). Returns ``(..., Q, K)`` in q's dtype.
+    """
+    lead = q.shape[:-2]
+    num_queries, num_keys = q.size(-2), k.size(-2)
+    if additive.dim() > 2:
+        additive = additive.expand(*lead, num_queries, num_keys).reshape(-1, num_queries, num_keys)
+    flat_q = q.reshape(-1, num_queries, q.size(-1))
+    flat_k = k.reshape(-1, num_keys, k.size(-1))
+    scores = torch.baddbmm(additive.to(q.dtype), flat_q, flat_k.transpose(1, 2), alpha=scale)
+    return scores.view(*lead, num_queries, num_keys)
+
+
 def attention_weights(
     q: Tensor,
     k: Tensor,
@@ -86,17 +102,18 @@ def attention_weights(
     """
     num_keys = k.size(-2)
     if attention_activation == "softmax":
-        if key_padding_mask is None and attn_mask is not None:
-            # fold the (small) mask into the bias: one pass less over the scores
-            bias, attn_mask = bias + attn_mask, None
-        scores = torch.matmul(q * (q.size(-1) ** -0.5), k.transpose(-1, -2)) + bias
+        # Everything added to q . k / sqrt(z) is gathered into one additive term first (bias,
+        # padding, causal mask: at most (..., Q, K)), so that the scaling, the product and the
+        # sum are a single batched matmul.
+        additive = bias
         if key_padding_mask is not None:
             # The most negative finite value, not -inf: a query whose visible keys are all pads
             # then gets uniform weights over them instead of NaN, while a query that sees any real
-            # key gives its pad keys a weight of exactly 0.
-            scores = scores.masked_fill(key_padding_mask.unsqueeze(-2), torch.finfo(scores.dtype).min)
+            # key gives its pad keys a weight of exactly 0 (min + q . k rounds back to min).
+            additive = additive.masked_fill(key_padding_mask.unsqueeze(-2), torch.finfo(bias.dtype).min)
         if attn_mask is not None:
-            scores = scores + attn_mask
+            additive = additive + attn_mask
+        scores = scaled_scores_plus(q, k, additive, q.size(-1) ** -0.5)
         if before_attn_fn:
             return scores
         return softmax(scores, dim=-1)

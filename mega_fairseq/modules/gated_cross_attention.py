@@ -183,9 +183,11 @@ class GatedCrossAttention(nn.Module):
         if before_attn_fn:
             return weights, v
         # B x Tgt x D -> Tgt x B x D
-        h = torch.bmm(self.attention_dropout(weights).to(v.dtype), v).transpose(0, 1)
-        h = self.dropout(self.activation(self.h_proj(h * r)))
-        out = torch.addcmul(query, u, h - query)
+        h = torch.bmm(self.attention_dropout(weights).to(v.dtype), v)
+        # r first: the product is laid out Tgt x Batch like r
+        h = self.dropout(self.activation(self.h_proj(r * h.transpose(0, 1))))
+        # query + u * (h - query) in one pass
+        out = torch.lerp(query, h.to(query.dtype), u.to(query.dtype))
         if not self.prenorm:
             out = self.norm(out)
         return out, (weights if need_weights else None)

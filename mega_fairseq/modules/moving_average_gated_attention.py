@@ -155,7 +155,7 @@ class MovingAverageGatedAttention(nn.Module):
         u = torch.sigmoid(u)
         z, r = torch.split(F.silu(zr), [self.zdim, self.hdim], dim=-1)
         # T x B x 1 x Z -> T x B x 2 x Z -> two T x B x Z
-        q, k = torch.unbind(z.unsqueeze(2) * self.gamma + self.beta, dim=2)
+        q, k = torch.unbind(torch.addcmul(self.beta, z.unsqueeze(2), self.gamma), dim=2)
 
         # T x B x C -> B x T x C
         q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
@@ -169,10 +169,11 @@ class MovingAverageGatedAttention(nn.Module):
         if before_attn_fn:
             return weights, h
 
-        # B x T x H -> T x B x H
-        h = h.transpose(0, 1)
-        h = self.dropout(self.activation(hx + self.h_proj(h * r)))
-        out = torch.addcmul(residual, u, h - residual)
+        # B x T x H -> T x B x H; r first: the product is laid out Time x Batch like r
+        h = self.h_proj(r * h.transpose(0, 1))
+        h = self.dropout(self.activation(h + hx))
+        # residual + u * (h - residual) in one pass
+        out = torch.lerp(residual, h.to(residual.dtype), u.to(residual.dtype))
         if not self.prenorm:
             out = self.norm(out)
         return out, (weights if need_weights else None)
