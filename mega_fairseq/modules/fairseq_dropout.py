@@ -14,6 +14,7 @@ retain dropout (fairseq's ``--retain-dropout``).
 import logging
 from typing import List, Optional
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -53,13 +54,27 @@ class _DropoutBase(nn.Module):
         return "p={}".format(self.p)
 
 
+def element_dropout(x: Tensor, p: float, inplace: bool = False) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by ``1 / (1 - p)``.
+
+    On CPU the keep mask is drawn as ``uniform[0, 1) >= p``, about twice as fast as the
+    ``bernoulli_`` that ``F.dropout`` uses there (the same distribution, another random stream).
+    Other devices use ``F.dropout``.
+    """
+    if x.device.type != "cpu" or p <= 0.0 or p >= 1.0 or not x.is_floating_point():
+        return F.dropout(x, p=p, training=True, inplace=inplace)
+    noise_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    keep = torch.rand(x.shape, dtype=noise_dtype, device=x.device).ge_(p).div_(1.0 - p).to(x.dtype)
+    return x.mul_(keep) if inplace else x * keep
+
+
 class FairseqDropout(_DropoutBase):
     """Element-wise dropout; ``batch_first`` is accepted for interface symmetry and ignored."""
 
     def forward(self, x: Tensor, batch_first: bool = False, inplace: bool = False) -> Tensor:
         if not self._active():
             return x
-        return F.dropout(x, p=self.p, training=True, inplace=inplace)
+        return element_dropout(x, self.p, inplace=inplace)
 
 
 class FairseqFeatureDropout(_DropoutBase):
