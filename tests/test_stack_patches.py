@@ -81,6 +81,23 @@ def test_numpy2_dynamic_crf_without_np_float():
     assert score.shape == (2,) and torch.isfinite(score).all()
 
 
+def test_numpy2_eos_token_blocks_without_np_compat():
+    from fairseq.data import TokenBlockDataset
+
+    sentences = [torch.tensor([5, 6, 2]), torch.tensor([7, 2]), torch.tensor([8, 9, 10, 2])]
+    blocks = TokenBlockDataset(sentences, [3, 2, 4], block_size=8, pad=1, eos=2, break_mode="eos")
+    assert [blocks[i].tolist() for i in range(len(blocks))] == [s.tolist() for s in sentences]
+
+
+def test_numpy2_length_buckets_without_np_compat():
+    from fairseq.data import Dictionary, LanguagePairDataset
+
+    d = Dictionary()
+    src = [torch.tensor([4, 5, 2]), torch.tensor([4, 2]), torch.tensor([5, 5, 5, 5, 2])]
+    dataset = LanguagePairDataset(src, [3, 2, 5], d, tgt=src, tgt_sizes=[3, 2, 5], tgt_dict=d, num_buckets=2)
+    assert len(dataset.buckets) >= 1 and dataset.bucketed_num_tokens.dtype.kind == "i"
+
+
 def _broadcast_worker(rank, world_size, port, queue):
     import torch.distributed as dist
     from fairseq.distributed import utils as dist_utils

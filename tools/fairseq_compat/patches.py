@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 # Bumped whenever the patch set changes; becomes the wheel's local version label (0.12.2+megaN).
-PATCH_SET_VERSION = 3
+PATCH_SET_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,29 @@ def _safe_load_checkpoint(f, map_location):
         why="numpy 2 removed the np.float alias (it was the builtin float)",
         old='None], np.float("inf")',
         new='None], float("inf")',
+    ),
+    Patch(
+        name="numpy2-np-compat-long-token-blocks",
+        path="fairseq/data/token_block_dataset.py",
+        why="numpy 2 removed np.compat (np.compat.long was the builtin int); used by "
+        "--sample-break-mode eos",
+        old="                        len(sizes), dtype=np.compat.long\n",
+        new="                        len(sizes), dtype=int  # mega-fairseq: np.compat.long (numpy<2)\n",
+    ),
+    Patch(
+        name="numpy2-np-compat-long-buckets",
+        path="fairseq/data/language_pair_dataset.py",
+        why="numpy 2 removed np.compat (np.compat.long was the builtin int); used by --num-batch-buckets",
+        old="            num_tokens = np.vectorize(self.num_tokens, otypes=[np.compat.long])\n",
+        new="            num_tokens = np.vectorize(self.num_tokens, otypes=[int])  # mega-fairseq: numpy 2\n",
+    ),
+    Patch(
+        name="numpy2-percentile-method",
+        path="fairseq/data/data_utils.py",
+        why="numpy 2 removed np.percentile's interpolation= keyword (renamed method= in numpy 1.22); "
+        "used by --num-batch-buckets",
+        old='            interpolation="lower",\n',
+        new='            method="lower",  # mega-fairseq: numpy >= 1.22 name\n',
     ),
     Patch(
         name="requirements-hydra-omegaconf",
