@@ -9,7 +9,9 @@ Batched over channels this is a single ``bmm`` of ``D x B x L`` by ``D x L x L``
 sentence lengths of translation (tens of tokens) it needs fewer operations than an FFT and, in the
 bidirectional case, none of the flips and doubled rows of the blocked scan.
 
-Inputs are channel-first, ``D x B x L``, already in the compute dtype.
+:func:`toeplitz_conv` takes channel-first inputs, ``D x B x L``; :func:`toeplitz_conv_tbd` takes
+and returns the layers' Time x Batch x D layout and handles the layout changes itself (see there).
+Inputs are already in the compute dtype.
 """
 
 from typing import Optional
@@ -17,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 class _ToeplitzFromLags(torch.autograd.Function):
@@ -33,6 +36,7 @@ class _ToeplitzFromLags(torch.autograd.Function):
         return lags.unfold(-1, size, 1).flip(1).contiguous()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_matrix: Tensor) -> Tensor:
         rows, size, _ = grad_matrix.shape
         width = 2 * size - 1
@@ -59,13 +63,13 @@ def lag_table(length: int, forward_kernel: Tensor, backward_kernel: Optional[Ten
         forward_kernel: ``R x K`` causal taps (``K <= L``; missing taps are zero).
         backward_kernel: ``R x K`` anti-causal taps (tap ``m`` weighs ``x[t + m]``), or None.
     """
-    taps = forward_kernel.size(-1)
-    if taps > length:
-        raise ValueError("kernel length {} exceeds the sequence length {}".format(taps, length))
-    causal = F.pad(forward_kernel, (0, length - taps))
+    for kernel in (forward_kernel, backward_kernel):
+        if kernel is not None and kernel.size(-1) > length:
+            raise ValueError("kernel length {} exceeds the sequence length {}".format(kernel.size(-1), length))
+    causal = F.pad(forward_kernel, (0, length - forward_kernel.size(-1)))
     if backward_kernel is None:
         return F.pad(causal, (length - 1, 0))
-    anti = F.pad(backward_kernel, (0, length - taps))
+    anti = F.pad(backward_kernel, (0, length - backward_kernel.size(-1)))
     return torch.cat([anti[:, 1:].flip(-1), causal[:, :1] + anti[:, :1], causal[:, 1:]], dim=-1)
 
 
@@ -82,3 +86,39 @@ def toeplitz_conv(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[T
     """
     matrix = toeplitz_from_lags(lag_table(x.size(-1), forward_kernel, backward_kernel))
     return torch.bmm(x, matrix)
+
+
+class _ToeplitzConvTBD(torch.autograd.Function):
+    """``y = x @ M`` per channel for Time x Batch x D tensors, with cheap layout changes.
+
+    ``bmm`` on a permuted Time x Batch x D view copies every channel's matrix separately
+    (forward and backward), and a contiguous D x B x L copy is a full transpose. A Batch x D x L
+    copy is a cheaper, blocked transpose (one ``L x D`` tile per batch row) whose D x B x L view is
+    a valid strided ``bmm`` operand. The result is returned as a Time x Batch x D view of the
+    D x B x L product (the next element-wise op reads it in place).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, matrix: Tensor) -> Tensor:
+        x_bdl = x.permute(1, 2, 0).contiguous()  # B x D x L
+        ctx.save_for_backward(x_bdl, matrix)
+        return torch.bmm(x_bdl.transpose(0, 1), matrix).permute(2, 1, 0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x_bdl, matrix = ctx.saved_tensors
+        grad_dbl = grad_out.permute(1, 2, 0).contiguous().transpose(0, 1)  # D x B x L view
+        grad_x = grad_matrix = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grad_dbl, matrix.transpose(1, 2)).permute(2, 1, 0)
+        if ctx.needs_input_grad[1]:
+            # D x L x B @ D x B x L -> D x L x L
+            grad_matrix = torch.bmm(x_bdl.permute(1, 2, 0), grad_dbl)
+        return grad_x, grad_matrix
+
+
+def toeplitz_conv_tbd(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor] = None) -> Tensor:
+    """:func:`toeplitz_conv` for a Time x Batch x D input; returns Time x Batch x D (a strided view)."""
+    matrix = toeplitz_from_lags(lag_table(x.size(0), forward_kernel, backward_kernel))
+    return _ToeplitzConvTBD.apply(x, matrix)

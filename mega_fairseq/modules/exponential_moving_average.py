@@ -34,7 +34,7 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 
 from .ema_chunked_scan import chunked_causal_ema, ema_kernel, geometric_powers
 from .ema_fft import fft_bidirectional_conv, fft_causal_conv
-from .ema_toeplitz import toeplitz_conv
+from .ema_toeplitz import toeplitz_conv, toeplitz_conv_tbd
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -371,6 +371,12 @@ class MultiHeadEMA(nn.Module):
 
         if incremental_state is not None:
             ema = self._step(x_conv, incremental_state)
+        elif self._pick_algorithm(seq_len, bsz) == "toeplitz":
+            kernel = self._kernel(seq_len, x_conv.dtype)
+            if self.bidirectional:
+                ema = toeplitz_conv_tbd(x_conv, kernel[: self.embed_dim], kernel[self.embed_dim:])
+            else:
+                ema = toeplitz_conv_tbd(x_conv, kernel)
         else:
             ema = self._convolve(x_conv.permute(2, 1, 0)).permute(2, 1, 0)  # via D x B x T
         # residual first, so the sum (and everything after it) is laid out Time x Batch x D;
