@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .toeplitz_matrix import toeplitz_from_lags
+
 
 class SimpleRelativePositionalBias(nn.Module):
     """One learned scalar per relative distance ``key_pos - query_pos`` in ``[-(M-1), M-1]``.
@@ -36,10 +38,15 @@ class SimpleRelativePositionalBias(nn.Module):
             )
 
     def forward(self, seq_len: int) -> Tensor:
-        """Bias of a sequence against itself: ``(seq_len, seq_len)``, ``[i, j] = b(j - i)``."""
+        """Bias of a sequence against itself: ``(seq_len, seq_len)``, ``[i, j] = b(j - i)``.
+
+        A Toeplitz matrix of the ``2 seq_len - 1`` central table entries (its backward sums
+        diagonals instead of scattering into the table element by element).
+        """
         self.check_length(seq_len)
-        positions = torch.arange(seq_len, device=self.rel_pos_bias.device)
-        return self.for_positions(positions, positions)
+        center = self.max_positions - 1
+        lags = self.rel_pos_bias[center - (seq_len - 1): center + seq_len]
+        return toeplitz_from_lags(lags.unsqueeze(0))[0]
 
     def for_positions(self, query_positions: Tensor, key_positions: Tensor, num_positions: Optional[int] = None) -> Tensor:
         """Bias for arbitrary integer positions.
