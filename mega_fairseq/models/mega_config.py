@@ -9,22 +9,24 @@ values (the ``mega`` preset). Settings whose official default is "the same as an
 """
 import argparse
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Dict, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.utils import get_available_activation_fns
 from omegaconf import II, open_dict
 from omegaconf.dictconfig import DictConfig
 
+from mega_fairseq.models.config_values import (
+    ACTIVATIONS,
+    ATTENTION_ACTIVATIONS,
+    NORMALIZATION_TYPES,
+    REL_POS_BIASES,
+    check_layer_choices,
+    get_value,
+    read_settings,
+)
+
 DEFAULT_MAX_SOURCE_POSITIONS = 1024
 DEFAULT_MAX_TARGET_POSITIONS = 1024
-
-ATTENTION_ACTIVATIONS = ("softmax", "relu2", "laplace")
-NORMALIZATION_TYPES = ("layernorm", "scalenorm", "rmsnorm", "batchnorm", "syncbatchnorm")
-REL_POS_BIASES = ("simple", "rotary")
-# fairseq's own activations plus the ones the Mega layers add.
-ACTIVATIONS = tuple(dict.fromkeys(list(get_available_activation_fns()) + ["silu"]))
 
 
 @dataclass
@@ -117,14 +119,6 @@ _DERIVED_DEFAULTS = (
 )
 
 
-def _get(cfg, key: str, default=None):
-    try:
-        value = getattr(cfg, key)
-    except Exception:  # absent from a Namespace, or an unresolvable interpolation
-        return default
-    return default if value is None else value
-
-
 def resolve_derived_defaults(cfg) -> None:
     """Fill the derived and missing settings of ``cfg`` in place (argparse Namespace or DictConfig).
 
@@ -132,14 +126,7 @@ def resolve_derived_defaults(cfg) -> None:
     ``max_*_positions`` default to 1024 when the task did not provide them. Then every derived
     setting that is still None takes the value of its twin. Bad values raise ``ValueError``.
     """
-    values = {}
-    for name, dc_field in MegaConfig.__dataclass_fields__.items():
-        if name.startswith("_"):
-            continue
-        default = dc_field.default if isinstance(dc_field.default, (int, float, str, bool, type(None))) else None
-        if isinstance(default, str) and default.startswith("${"):
-            default = None
-        values[name] = _get(cfg, name, default)
+    values = read_settings(cfg, MegaConfig)
     for name, twin in _DERIVED_DEFAULTS:
         if values[name] is None:
             values[name] = values[twin]
@@ -158,13 +145,7 @@ def resolve_derived_defaults(cfg) -> None:
 
 
 def _validate(values: Dict[str, Any]) -> None:
-    def choice(name, allowed):
-        if str(values[name]) not in allowed:
-            raise ValueError("{}={!r} is not supported; allowed values: {}".format(name, values[name], ", ".join(allowed)))
-
-    choice("attention_activation_fn", ATTENTION_ACTIVATIONS)
-    choice("normalization_type", NORMALIZATION_TYPES)
-    choice("rel_pos_bias", REL_POS_BIASES)
+    check_layer_choices(values)
     for side in ("encoder", "decoder"):
         for dim in ("embed_dim", "hidden_dim", "z_dim", "n_dim", "layers"):
             name = "{}_{}".format(side, dim)
@@ -177,9 +158,6 @@ def _validate(values: Dict[str, Any]) -> None:
     for name in ("max_source_positions", "max_target_positions"):
         if int(values[name]) <= 0:
             raise ValueError("{}={} must be a positive integer".format(name, values[name]))
-    if values["normalize_embedding"] and values["normalize_before"]:
-        raise ValueError("normalize_embedding=True and normalize_before=True cannot be combined "
-                         "(allowed: at most one of them)")
 
 
 def as_namespace(cfg) -> argparse.Namespace:
@@ -187,12 +165,8 @@ def as_namespace(cfg) -> argparse.Namespace:
 
     Choice values come back as plain strings (a DictConfig may hold fairseq's StrEnum).
     """
-    values = {}
-    for name in MegaConfig.__dataclass_fields__:
-        if not name.startswith("_"):
-            value = _get(cfg, name)
-            values[name] = value.value if isinstance(value, Enum) else value
-    return argparse.Namespace(**values)
+    names = [name for name in MegaConfig.__dataclass_fields__ if not name.startswith("_")]
+    return argparse.Namespace(**{name: get_value(cfg, name) for name in names})
 
 
 def layer_namespace(args: argparse.Namespace, max_positions: int) -> argparse.Namespace:

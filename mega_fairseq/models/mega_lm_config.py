@@ -14,17 +14,19 @@ here until :func:`resolve_lm_settings` fills them: ``decoder_ffn_embed_dim`` (ta
 """
 import argparse
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-from mega_fairseq.modules.activations import ATTENTION_ACTIVATIONS, available_activation_fns
-from mega_fairseq.modules.relative_positional_bias import REL_POS_BIAS_TYPES as REL_POS_BIASES
-from mega_fairseq.modules.sequence_norm import NORM_TYPES as NORMALIZATION_TYPES
-
-ACTIVATIONS = tuple(available_activation_fns())
+from mega_fairseq.models.config_values import (
+    ACTIVATIONS,
+    ATTENTION_ACTIVATIONS,
+    NORMALIZATION_TYPES,
+    REL_POS_BIASES,
+    check_layer_choices,
+    read_settings,
+)
 
 DEFAULT_MAX_TARGET_POSITIONS = 1024
 
@@ -155,16 +157,6 @@ MEGA_LM_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _get(cfg, key: str, default=None):
-    try:
-        value = getattr(cfg, key)
-    except Exception:  # absent from a Namespace, or an unresolvable interpolation
-        return default
-    if isinstance(value, Enum):
-        value = value.value
-    return default if value is None else value
-
-
 def parse_cutoff(text: Optional[str], name: str, vocab_size: int) -> Optional[List[int]]:
     """``"20000,60000"`` -> ``[20000, 60000]``; checks the cutoffs increase and stay below the vocab."""
     if text is None or str(text).strip() == "":
@@ -191,14 +183,7 @@ def resolve_lm_settings(cfg) -> argparse.Namespace:
     ``cfg._name`` is never read. Absent settings get the dataclass defaults, derived ones their
     twin's value, choices come back as plain strings. Bad values raise ``ValueError``.
     """
-    values: Dict[str, Any] = {}
-    for name, dc_field in MegaLMConfig.__dataclass_fields__.items():
-        if name.startswith("_"):
-            continue
-        default = dc_field.default
-        if not isinstance(default, (int, float, str, bool, type(None))) or str(default).startswith("${"):
-            default = None
-        values[name] = _get(cfg, name, default)
+    values = read_settings(cfg, MegaLMConfig)
     if values["decoder_ffn_embed_dim"] is None:
         values["decoder_ffn_embed_dim"] = values["decoder_hidden_dim"]
     if values["decoder_input_dim"] is None:
@@ -212,23 +197,13 @@ def resolve_lm_settings(cfg) -> argparse.Namespace:
 
 
 def _validate(values: Dict[str, Any]) -> None:
-    def choice(name, allowed):
-        if str(values[name]) not in allowed:
-            raise ValueError("{}={!r} is not supported; allowed values: {}".format(name, values[name], ", ".join(allowed)))
-
-    choice("attention_activation_fn", ATTENTION_ACTIVATIONS)
-    choice("normalization_type", NORMALIZATION_TYPES)
-    choice("rel_pos_bias", REL_POS_BIASES)
-    choice("activation_fn", ACTIVATIONS)
+    check_layer_choices(values)
     for name in ("decoder_embed_dim", "decoder_hidden_dim", "decoder_z_dim", "decoder_n_dim", "decoder_layers",
                  "decoder_input_dim", "max_target_positions"):
         if int(values[name]) <= 0:
             raise ValueError("{}={} must be a positive integer".format(name, values[name]))
     if int(values["decoder_ffn_embed_dim"]) < 0:
         raise ValueError("decoder_ffn_embed_dim={} must be >= 0 (0 = no FFN)".format(values["decoder_ffn_embed_dim"]))
-    if values["normalize_embedding"] and values["normalize_before"]:
-        raise ValueError("normalize_embedding=True and normalize_before=True cannot be combined "
-                         "(allowed: at most one of them)")
     tokens = values["tokens_per_sample"]
     if values["decoder_chunk_size"] <= 0 and tokens is not None and int(tokens) > int(values["max_target_positions"]):
         raise ValueError(
