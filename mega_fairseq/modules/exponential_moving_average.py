@@ -64,9 +64,9 @@ class MultiHeadEMA(nn.Module):
             ``<= 0`` disables truncation.
 
     Attribute ``conv_algorithm`` picks the whole-sequence path: ``"auto"``
-    (default: dense Toeplitz matmul for short sequences, then FFT or blocked
-    scan), ``"toeplitz"``, ``"fft"`` or ``"chunked"``. ``chunk_block`` is the block length of the blocked scan
-    (``None`` = automatic).
+    (default: dense Toeplitz matmul up to 64 steps, then FFT or blocked scan),
+    ``"toeplitz"``, ``"fft"`` or ``"chunked"``. ``chunk_block`` is the block
+    length of the blocked scan (``None`` = automatic).
     """
 
     def __init__(self, embed_dim, ndim=2, bidirectional=False, truncation=None):
