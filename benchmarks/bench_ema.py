@@ -1,11 +1,12 @@
-"""MultiHeadEMA whole-sequence paths: FFT against the blocked scan (forward + backward).
+"""MultiHeadEMA whole-sequence paths: dense Toeplitz, FFT and blocked scan (forward + backward).
 
-Prints JSON: for each length, the time per token of ``conv_algorithm="fft"``,
-of ``"chunked"`` at several block lengths and of ``"auto"`` (what the module
+Prints JSON: for each length, the time per token of ``conv_algorithm="toeplitz"`` (lengths up
+to 256), ``"fft"``, ``"chunked"`` at several block lengths and ``"auto"`` (what the module
 picks). Used to choose the automatic rule in ``exponential_moving_average.py``.
 Time is the minimum over ``--reps`` calls after one warm-up call.
 
     python benchmarks/bench_ema.py [--width 256] [--ndim 16] [--tokens 8192] [--quick]
+    python benchmarks/bench_ema.py --width 64 --ndim 8 --tokens 4096 --lengths 16 32 64 96 128 --bidirectional
 """
 import argparse
 import json
@@ -35,22 +36,28 @@ def main():
     parser.add_argument("--tokens", type=int, default=8192, help="tokens per call (batch = tokens // length)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--bidirectional", action="store_true")
     args = parser.parse_args()
     lengths = [32, 128] if args.quick else [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    lengths = args.lengths or lengths
     width = 16 if args.quick else args.width
     torch.manual_seed(0)
-    module = MultiHeadEMA(width, ndim=args.ndim).train()
+    module = MultiHeadEMA(width, ndim=args.ndim, bidirectional=args.bidirectional).train()
     rows = []
     for length in lengths:
         batch = max(1, args.tokens // length)
         x = torch.randn(length, batch, width, requires_grad=True)
         row = {"length": length, "batch": batch}
-        for algorithm, block in [("fft", None), ("chunked", 32), ("chunked", 64), ("chunked", 128), ("auto", None)]:
+        paths = [("fft", None), ("chunked", 32), ("chunked", 64), ("chunked", 128), ("auto", None)]
+        if length <= 256:
+            paths.insert(0, ("toeplitz", None))
+        for algorithm, block in paths:
             module.conv_algorithm, module.chunk_block = algorithm, block
             name = algorithm if block is None else "{}_{}".format(algorithm, block)
             row[name + "_us_per_token"] = time_per_token(module, x, args.reps)
         rows.append(row)
-    print(json.dumps({"width": width, "ndim": args.ndim, "threads": torch.get_num_threads(), "rows": rows}, indent=1))
+    print(json.dumps({"width": width, "ndim": args.ndim, "bidirectional": args.bidirectional, "threads": torch.get_num_threads(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
