@@ -44,3 +44,48 @@ def layer_arg(args: Any, name: str, default: Any = _MISSING) -> Any:
     if default is _MISSING:
         raise ValueError("args.{} is required to build a Mega layer but is missing".format(name))
     return default
+
+
+def shared_layer_kwargs(args: Any) -> dict:
+    """Keyword arguments every Mega sub-layer (attention, cross-attention, FFN) takes from args."""
+    return dict(
+        dropout=layer_arg(args, "dropout"),
+        activation=layer_arg(args, "activation_fn"),
+        norm_type=layer_arg(args, "normalization_type"),
+        prenorm=layer_arg(args, "normalize_before"),
+        feature_dropout=layer_arg(args, "feature_dropout"),
+    )
+
+
+def attention_kwargs(args: Any) -> dict:
+    """:func:`shared_layer_kwargs` plus what both attention kinds take (attention dropouts/function)."""
+    return dict(
+        shared_layer_kwargs(args),
+        attention_dropout=layer_arg(args, "attention_dropout"),
+        hidden_dropout=layer_arg(args, "hidden_dropout"),
+        attention_activation=layer_arg(args, "attention_activation_fn"),
+        rel_pos_bias=layer_arg(args, "rel_pos_bias"),
+    )
+
+
+def mega_attention_kwargs(args: Any, side: str, max_positions: int) -> dict:
+    """``MovingAverageGatedAttention`` keyword arguments of the ``side`` ("encoder" or "decoder")
+    settings, except ``embed_dim`` and ``bidirectional``."""
+    return dict(
+        attention_kwargs(args),
+        zdim=layer_arg(args, side + "_z_dim"),
+        hdim=layer_arg(args, side + "_hidden_dim"),
+        ndim=layer_arg(args, side + "_n_dim"),
+        chunk_size=layer_arg(args, side + "_chunk_size"),
+        truncation=layer_arg(args, "truncation_length"),
+        max_positions=max_positions,
+    )
+
+
+def nffn_kwargs(args: Any, side: str) -> dict:
+    """``NormalizedFeedForwardNetwork`` keyword arguments of the ``side`` settings, except ``embed_dim``."""
+    return dict(
+        shared_layer_kwargs(args),
+        ffn_hidden_dim=layer_arg(args, side + "_ffn_embed_dim"),
+        hidden_dropout=layer_arg(args, "activation_dropout"),
+    )

@@ -6,7 +6,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .gated_cross_attention import GatedCrossAttention
-from .layer_args import layer_arg
+from .layer_args import attention_kwargs, layer_arg, mega_attention_kwargs, nffn_kwargs
 from .moving_average_gated_attention import MovingAverageGatedAttention
 from .normalized_feedforward_network import NormalizedFeedForwardNetwork
 
@@ -31,54 +31,19 @@ class MegaDecoderLayer(nn.Module):
         self.onnx_trace = False
 
     def build_mega_layer(self, embed_dim, args) -> MovingAverageGatedAttention:
-        return MovingAverageGatedAttention(
-            embed_dim=embed_dim,
-            zdim=layer_arg(args, "decoder_z_dim"),
-            hdim=layer_arg(args, "decoder_hidden_dim"),
-            ndim=layer_arg(args, "decoder_n_dim"),
-            dropout=layer_arg(args, "dropout"),
-            attention_dropout=layer_arg(args, "attention_dropout"),
-            hidden_dropout=layer_arg(args, "hidden_dropout"),
-            chunk_size=layer_arg(args, "decoder_chunk_size"),
-            truncation=layer_arg(args, "truncation_length"),
-            rel_pos_bias=layer_arg(args, "rel_pos_bias"),
-            max_positions=layer_arg(args, "max_target_positions"),
-            activation=layer_arg(args, "activation_fn"),
-            attention_activation=layer_arg(args, "attention_activation_fn"),
-            bidirectional=False,
-            norm_type=layer_arg(args, "normalization_type"),
-            prenorm=layer_arg(args, "normalize_before"),
-            feature_dropout=layer_arg(args, "feature_dropout"),
-        )
+        max_positions = layer_arg(args, "max_target_positions")
+        return MovingAverageGatedAttention(embed_dim=embed_dim, bidirectional=False,
+                                           **mega_attention_kwargs(args, "decoder", max_positions))
 
     def build_cross_attn(self, embed_dim, args) -> GatedCrossAttention:
-        return GatedCrossAttention(
-            embed_dim=embed_dim,
-            zdim=layer_arg(args, "decoder_z_dim"),
-            ndim=layer_arg(args, "decoder_n_dim"),
-            dropout=layer_arg(args, "dropout"),
-            attention_dropout=layer_arg(args, "attention_dropout"),
-            hidden_dropout=layer_arg(args, "hidden_dropout"),
-            activation=layer_arg(args, "activation_fn"),
-            attention_activation=layer_arg(args, "attention_activation_fn"),
-            norm_type=layer_arg(args, "normalization_type"),
-            prenorm=layer_arg(args, "normalize_before"),
-            feature_dropout=layer_arg(args, "feature_dropout"),
-            rel_pos_bias=layer_arg(args, "rel_pos_bias"),
-            max_positions=max(layer_arg(args, "max_target_positions"), layer_arg(args, "max_source_positions")),
-        )
+        # one relative bias serves both lengths: sized by the longer of the two
+        max_positions = max(layer_arg(args, "max_target_positions"), layer_arg(args, "max_source_positions"))
+        return GatedCrossAttention(embed_dim=embed_dim, zdim=layer_arg(args, "decoder_z_dim"),
+                                   ndim=layer_arg(args, "decoder_n_dim"), max_positions=max_positions,
+                                   **attention_kwargs(args))
 
     def build_nffn_layer(self, embed_dim, args) -> NormalizedFeedForwardNetwork:
-        return NormalizedFeedForwardNetwork(
-            embed_dim=embed_dim,
-            ffn_hidden_dim=layer_arg(args, "decoder_ffn_embed_dim"),
-            dropout=layer_arg(args, "dropout"),
-            hidden_dropout=layer_arg(args, "activation_dropout"),
-            activation=layer_arg(args, "activation_fn"),
-            norm_type=layer_arg(args, "normalization_type"),
-            prenorm=layer_arg(args, "normalize_before"),
-            feature_dropout=layer_arg(args, "feature_dropout"),
-        )
+        return NormalizedFeedForwardNetwork(embed_dim=embed_dim, **nffn_kwargs(args, "decoder"))
 
     def prepare_for_onnx_export_(self):
         self.onnx_trace = True

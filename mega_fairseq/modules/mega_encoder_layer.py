@@ -5,7 +5,7 @@ from typing import Optional
 import torch.nn as nn
 from torch import Tensor
 
-from .layer_args import layer_arg
+from .layer_args import layer_arg, mega_attention_kwargs, nffn_kwargs
 from .moving_average_gated_attention import MovingAverageGatedAttention
 from .normalized_feedforward_network import NormalizedFeedForwardNetwork
 
@@ -30,37 +30,12 @@ class MegaEncoderLayer(nn.Module):
         self.nffn = self.build_nffn_layer(self.embed_dim, args) if ffn_dim > 0 else None
 
     def build_mega_layer(self, embed_dim, args) -> MovingAverageGatedAttention:
-        return MovingAverageGatedAttention(
-            embed_dim=embed_dim,
-            zdim=layer_arg(args, "encoder_z_dim"),
-            hdim=layer_arg(args, "encoder_hidden_dim"),
-            ndim=layer_arg(args, "encoder_n_dim"),
-            dropout=layer_arg(args, "dropout"),
-            attention_dropout=layer_arg(args, "attention_dropout"),
-            hidden_dropout=layer_arg(args, "hidden_dropout"),
-            chunk_size=layer_arg(args, "encoder_chunk_size"),
-            truncation=layer_arg(args, "truncation_length"),
-            rel_pos_bias=layer_arg(args, "rel_pos_bias"),
-            max_positions=layer_arg(args, "max_source_positions"),
-            activation=layer_arg(args, "activation_fn"),
-            attention_activation=layer_arg(args, "attention_activation_fn"),
-            bidirectional=True,
-            norm_type=layer_arg(args, "normalization_type"),
-            prenorm=layer_arg(args, "normalize_before"),
-            feature_dropout=layer_arg(args, "feature_dropout"),
-        )
+        max_positions = layer_arg(args, "max_source_positions")
+        return MovingAverageGatedAttention(embed_dim=embed_dim, bidirectional=True,
+                                           **mega_attention_kwargs(args, "encoder", max_positions))
 
     def build_nffn_layer(self, embed_dim, args) -> NormalizedFeedForwardNetwork:
-        return NormalizedFeedForwardNetwork(
-            embed_dim=embed_dim,
-            ffn_hidden_dim=layer_arg(args, "encoder_ffn_embed_dim"),
-            dropout=layer_arg(args, "dropout"),
-            hidden_dropout=layer_arg(args, "activation_dropout"),
-            activation=layer_arg(args, "activation_fn"),
-            norm_type=layer_arg(args, "normalization_type"),
-            prenorm=layer_arg(args, "normalize_before"),
-            feature_dropout=layer_arg(args, "feature_dropout"),
-        )
+        return NormalizedFeedForwardNetwork(embed_dim=embed_dim, **nffn_kwargs(args, "encoder"))
 
     def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor]) -> Tensor:
         """x: Src x Batch x D; encoder_padding_mask: Batch x Src bool (True = pad) or None.
