@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
+from .attention_state import CachedAttentionState
 from .activations import check_attention_activation, get_activation_fn
 from .attention_weights import attention_weights
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
@@ -30,7 +31,7 @@ def real_positions(key_padding_mask: Optional[Tensor], num_keys: int, device) ->
 
 
 @with_incremental_state
-class GatedCrossAttention(nn.Module):
+class GatedCrossAttention(CachedAttentionState, nn.Module):
     """Single-head gated attention of decoder states (queries) over encoder states (keys/values).
 
     ``[u | r | q] = W_q norm(x)``, ``u = sigmoid``, ``r = silu``; ``k = W_k enc``, ``v = act(W_v
@@ -204,26 +205,6 @@ class GatedCrossAttention(nn.Module):
                 )
             )
         return query.size(0), query.size(1)
-
-    # -------------------------------------------------------- incremental state
-
-    def _get_input_buffer(self, incremental_state: Optional[IncrementalState]) -> Dict[str, Optional[Tensor]]:
-        result = self.get_incremental_state(incremental_state, "attn_state")
-        return result if result is not None else {}
-
-    def _set_input_buffer(self, incremental_state: IncrementalState, buffer: Dict[str, Optional[Tensor]]):
-        return self.set_incremental_state(incremental_state, "attn_state", buffer)
-
-    @torch.jit.export
-    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor):
-        """Select batch rows ``new_order`` of every cached tensor (keys, values and padding)."""
-        buffer = self._get_input_buffer(incremental_state)
-        for name, value in list(buffer.items()):
-            if isinstance(value, Tensor):
-                buffer[name] = value.index_select(0, new_order)
-        if buffer:
-            self._set_input_buffer(incremental_state, buffer)
-        return incremental_state
 
     def extra_repr(self) -> str:
         return "edim={}, zdim={}, ndim={}, attn_act={}, prenorm={}".format(

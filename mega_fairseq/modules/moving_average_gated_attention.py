@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
+from .attention_state import CachedAttentionState
 from .activations import check_attention_activation, get_activation_fn
 from .attention_weights import attention_weights, causal_attention_mask
 from .exponential_moving_average import MultiHeadEMA
@@ -20,7 +21,7 @@ IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 @with_incremental_state
-class MovingAverageGatedAttention(nn.Module):
+class MovingAverageGatedAttention(CachedAttentionState, nn.Module):
     """Single-head gated attention whose queries and keys come from a multi-head EMA.
 
     With ``X`` the (normed) input, ``X' = EMA(X)``: ``v = act(W_v X)``; ``[u | z, r | hx] =
@@ -314,26 +315,6 @@ class MovingAverageGatedAttention(nn.Module):
         if new_mask is None:
             new_mask = torch.zeros(bsz, num_new, dtype=torch.bool, device=device)
         return torch.cat([prev_mask, new_mask], dim=1)
-
-    # -------------------------------------------------------- incremental state
-
-    def _get_input_buffer(self, incremental_state: Optional[IncrementalState]) -> Dict[str, Optional[Tensor]]:
-        result = self.get_incremental_state(incremental_state, "attn_state")
-        return result if result is not None else {}
-
-    def _set_input_buffer(self, incremental_state: IncrementalState, buffer: Dict[str, Optional[Tensor]]):
-        return self.set_incremental_state(incremental_state, "attn_state", buffer)
-
-    @torch.jit.export
-    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor):
-        """Select batch rows ``new_order`` (a permutation or a beam expansion) of every cached tensor."""
-        buffer = self._get_input_buffer(incremental_state)
-        for name, value in list(buffer.items()):
-            if isinstance(value, Tensor):
-                buffer[name] = value.index_select(0, new_order)
-        if buffer:
-            self._set_input_buffer(incremental_state, buffer)
-        return incremental_state
 
     def extra_repr(self) -> str:
         return "edim={}, zdim={}, hdim={}, ndim={}, chunk={}, attn_act={}, prenorm={}".format(
