@@ -103,8 +103,10 @@ def worker_train(spec):
     layer, run = _build_layer(name, spec, length)
     layer.train()
     x = torch.randn(length, batch, spec["width"], requires_grad=True)
-    before = _rss_bytes()
     reset_ok = _reset_peak()
+    # read the baseline after the reset: the high-water mark then covers this moment, so the
+    # difference cannot go negative when the allocator returns memory in between
+    before = _rss_bytes()
     run(x).sum().backward()
     peak = _peak_bytes(reset_ok) - before
     times = []
