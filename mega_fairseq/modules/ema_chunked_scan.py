@@ -30,6 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .toeplitz_matrix import sum_lag_diagonals
+
 
 def geometric_powers(log_q: Tensor, start: int, count: int) -> Tensor:
     """``q ** (start + i)`` for ``i < count``, as ``R x N x count``, from ``log q`` (``R x N``)."""
@@ -62,14 +64,8 @@ class _CausalToeplitz(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_matrix: Tensor) -> Tensor:
-        rows, size, _ = grad_matrix.shape
-        width = 2 * size - 1
-        # sheared[r, j, C - 1 + t - j] = grad[r, j, t]; summing over j collects each lag
-        sheared = grad_matrix.new_zeros(rows, size, width)
-        sheared.as_strided(
-            (rows, size, size), (size * width, width - 1, 1), sheared.storage_offset() + size - 1
-        ).copy_(grad_matrix)
-        return sheared.sum(1)[:, size - 1:]
+        # the matrix holds kernel[t - j] at [r, j, t]: lag t - j >= 0 sits at C - 1 + t - j
+        return sum_lag_diagonals(grad_matrix)[:, grad_matrix.size(-1) - 1:]
 
 
 def causal_toeplitz_transposed(kernel: Tensor) -> Tensor:

@@ -25,14 +25,20 @@ class _ToeplitzFromLags(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_matrix: Tensor) -> Tensor:
-        rows, size, _ = grad_matrix.shape
-        width = 2 * size - 1
-        # sheared[r, s, L - 1 + t - s] = grad[r, s, t]; summing over s collects each lag
-        sheared = grad_matrix.new_zeros(rows, size, width)
-        sheared.as_strided(
-            (rows, size, size), (size * width, width - 1, 1), sheared.storage_offset() + size - 1
-        ).copy_(grad_matrix)
-        return sheared.sum(1)
+        return sum_lag_diagonals(grad_matrix)
+
+
+def sum_lag_diagonals(grad_matrix: Tensor) -> Tensor:
+    """``R x (2L - 1)`` sums of an ``R x L x L`` matrix along its diagonals: entry ``L - 1 + t - s``
+    collects every ``[r, s, t]``. The backward of building a Toeplitz matrix from its lags."""
+    rows, size, _ = grad_matrix.shape
+    width = 2 * size - 1
+    # sheared[r, s, L - 1 + t - s] = grad[r, s, t]; summing over s collects each lag
+    sheared = grad_matrix.new_zeros(rows, size, width)
+    sheared.as_strided(
+        (rows, size, size), (size * width, width - 1, 1), sheared.storage_offset() + size - 1
+    ).copy_(grad_matrix)
+    return sheared.sum(1)
 
 
 def toeplitz_from_lags(lags: Tensor) -> Tensor:
