@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 # pytest workers: 2 matches the 2-core CI machine; each worker keeps torch to one thread.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test demo demo-translation demo-lm bench clean help
+.PHONY: install test test-fast demo demo-translation demo-lm bench clean help
 
 help:
 	@echo "make demo   - set up, then train/translate/score a tiny Mega and a tiny Mega LM (~10 min)"
 	@echo "make test   - set up, then run the test suite (~10 min on 2 cores)"
+	@echo "make test-fast - set up, then only the unit tests (no subprocess runs; under a minute)"
 	@echo "make install- only set up .venv (torch 2.13.0 CPU, patched fairseq 0.12.2, mega_fairseq)"
 	@echo "make bench  - run the benchmarks in benchmarks/ (prints JSON)"
 
@@ -20,6 +21,10 @@ install:
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
+
+# unit tests only: everything not marked e2e (tests/e2e and tests/stack run CLIs in subprocesses)
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not e2e" tests
 
 demo: install demo-translation demo-lm
 

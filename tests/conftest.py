@@ -1,42 +1,25 @@
-"""Shared pytest helpers: run fairseq's command-line tools as a user would, and where things are."""
-import os
-import subprocess
-import sys
+"""pytest wiring only: shared fixtures and the ``e2e`` marker (helpers live in ``helpers.py``).
+
+Tests under ``tests/e2e/`` and ``tests/stack/`` run fairseq's command-line tools or the install
+script in subprocesses; they are marked ``e2e`` here, so ``pytest -m "not e2e"`` (``make
+test-fast``) is the quick unit loop. A test elsewhere that starts a subprocess marks itself with
+``@pytest.mark.e2e``.
+"""
 from pathlib import Path
-from typing import List
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
-REFERENCE_DIR = FIXTURES_DIR / "reference"
-PLUGIN_DIR = REPO_ROOT / "mega_fairseq"
-BIN_DIR = Path(sys.executable).parent
+from helpers import PLUGIN_DIR, REFERENCE_DIR
+
+E2E_FOLDERS = ("e2e", "stack")
+TESTS_DIR = Path(__file__).resolve().parent
 
 
-class CliError(AssertionError):
-    pass
-
-
-def run_cli(tool: str, *args, stdin: str = None, cwd=None, env_extra=None, timeout=600, check=True):
-    """Run ``tool`` (e.g. ``fairseq-train``) from this interpreter's environment.
-
-    Returns the CompletedProcess (text mode, stdout and stderr captured). On a non-zero exit it
-    fails with the command line and the tail of both streams, unless ``check=False``.
-    """
-    exe = BIN_DIR / tool
-    cmd: List[str] = [str(exe) if exe.exists() else tool, *[str(a) for a in args]]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    if env_extra:
-        env.update(env_extra)
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise CliError(f"{' '.join(cmd)}\nexit {proc.returncode}\n--- stdout (tail)\n"
-                       f"{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}")
-    return proc
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS_DIR).parts[0]
+        if folder in E2E_FOLDERS:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

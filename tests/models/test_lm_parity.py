@@ -13,7 +13,7 @@ from fairseq.data import Dictionary
 
 from mega_fairseq.models.mega_lm import MegaLanguageModel
 
-REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
+from helpers import REFERENCE_DIR as REFERENCE
 TOLERANCE = 1e-5
 
 

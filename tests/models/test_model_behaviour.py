@@ -5,7 +5,7 @@ import argparse
 import pytest
 import torch
 
-from mega_model_helpers import StubTask, dictionary_from_spec, incremental_logits, load_fixture
+from helpers import StubTask, dictionary_from_spec, incremental_logits, load_fixture
 
 PAD, EOS = 1, 2
 

@@ -11,7 +11,7 @@ import torch
 
 from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "reference"
+from helpers import REFERENCE_DIR
 FLOAT32_TOL = 1e-5
 # the official f64 full forward ran its FFT in float32; its one-token path is pure float64
 F64_FULL_TOL = 1e-5

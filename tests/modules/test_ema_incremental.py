@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "reference"
+from helpers import REFERENCE_DIR
+from helpers import max_diff
 TOL = 1e-5
 
 
@@ -58,9 +59,6 @@ def decode(module, x, splits, padding_mask=None, state=None):
         start += size
     return torch.cat(pieces), state
 
-
-def max_diff(a, b):
-    return (a.double() - b.double()).abs().max().item()
 
 
 # ------------------------------------------------------------------ truncation

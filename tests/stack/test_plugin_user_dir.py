@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import PLUGIN_DIR, run_cli
+from helpers import PLUGIN_DIR, run_cli
 
 EXPECTED = {
     "models": ["mega", "mega_lm"],

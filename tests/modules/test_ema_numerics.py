@@ -8,7 +8,8 @@ import torch
 from mega_fairseq.modules.ema_fft import fast_fft_length
 from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "reference"
+from helpers import REFERENCE_DIR
+from helpers import max_diff
 TOL = 1e-5
 
 
@@ -18,9 +19,6 @@ def load_reference(name):
     module.load_state_dict(record["state_dict"], strict=True)
     return module.eval(), record
 
-
-def max_diff(a, b):
-    return (a.double() - b.double()).abs().max().item()
 
 
 # ------------------------------------------------------------- kernel cache

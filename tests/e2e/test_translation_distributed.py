@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from conftest import BIN_DIR, PLUGIN_DIR, run_cli
-from toy_corpus import write_translation_corpus
+from helpers import BIN_DIR, PLUGIN_DIR, run_cli
+from helpers import write_translation_corpus
 
 MODEL = ["--arch", "mega", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
          "--encoder-hidden-dim", "32", "--encoder-z-dim", "8", "--encoder-n-dim", "2", "--share-all-embeddings",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mega_fairseq  # noqa: F401  (registers the plugin in this process, as --user-dir does)
-from conftest import PLUGIN_DIR, REPO_ROOT, run_cli
+from helpers import PLUGIN_DIR, REPO_ROOT, run_cli
 
 EXAMPLES = REPO_ROOT / "examples" / "translation"
 TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",

@@ -2,7 +2,7 @@
 import os
 import subprocess
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 
 def test_unsupported_python_is_refused_with_what_to_do(tmp_path):

@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from conftest import run_cli
-from toy_corpus import write_lm_corpus
+from helpers import run_cli
+from helpers import write_lm_corpus
 
 TINY_TRANSFORMER_LM = [
     "--task", "language_modeling", "--arch", "transformer_lm", "--decoder-layers", "1",

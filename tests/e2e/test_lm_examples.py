@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO_ROOT
+
+REPO = REPO_ROOT
 EXAMPLES = REPO / "examples" / "language_model"
 WORDS = "the cat dog sat on a mat and ran to big small red house of in".split()
 TINY = ["--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24",

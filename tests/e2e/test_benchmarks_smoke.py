@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_layers.py"
+from helpers import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "benchmarks" / "bench_layers.py"
 
 
 def test_bench_layers_quick_prints_complete_json():

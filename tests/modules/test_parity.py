@@ -12,7 +12,8 @@ import torch
 
 from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MovingAverageGatedAttention
 
-REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
+from helpers import REFERENCE_DIR as REFERENCE
+from helpers import max_diff
 TOL = 1e-5
 SUFFIXES = ["", "_f64"]
 
@@ -27,9 +28,6 @@ def prepared(module, fixture):
         module.double()
     return module.eval()
 
-
-def max_diff(a, b):
-    return (a.double() - b.double()).abs().max().item()
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)

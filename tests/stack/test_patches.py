@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "tools" / "fairseq_compat"))
 import patches  # noqa: E402

@@ -2,14 +2,12 @@
 import pytest
 import torch
 
-from mega_model_helpers import build_fixture_model, incremental_logits, load_fixture
+from helpers import build_fixture_model, incremental_logits, load_fixture
+from helpers import max_diff
 
 TOL = 1e-5
 FIXTURES = ["mega_model_tiny", "mega_model_tiny_f64"]
 
-
-def max_diff(a, b) -> float:
-    return (a.double() - b.double()).abs().max().item()
 
 
 @pytest.fixture(scope="module", params=FIXTURES)

@@ -12,7 +12,7 @@ import torch
 from fairseq import checkpoint_utils, tasks
 
 import mega_fairseq
-from conftest import run_cli
+from helpers import run_cli
 
 WORDS = "the cat dog sat on a mat and ran to big small red house".split()
 TINY_MEGA = ["--arch", "mega_lm", "--decoder-layers", "2", "--decoder-embed-dim", "16", "--decoder-hidden-dim", "24",

@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 
-from conftest import run_cli
-from toy_corpus import write_translation_corpus
+from helpers import run_cli
+from helpers import write_translation_corpus
 
 TINY_TRANSFORMER = [
     "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",

@@ -1,0 +1,132 @@
+"""Helpers shared by the test suite (the one module tests import from; conftest only wires pytest).
+
+- paths: ``REPO_ROOT``, ``FIXTURES_DIR``, ``REFERENCE_DIR`` (official fixtures), ``PLUGIN_DIR``;
+- ``run_cli``: run a fairseq command-line tool as a user would;
+- reference fixtures: ``load_fixture``, ``max_diff``, ``build_fixture_model`` and friends;
+- tiny made-up corpora (no downloads), deterministic from a seed.
+"""
+import argparse
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_DIR = FIXTURES_DIR / "reference"
+PLUGIN_DIR = REPO_ROOT / "mega_fairseq"
+BIN_DIR = Path(sys.executable).parent
+
+
+class CliError(AssertionError):
+    pass
+
+
+def run_cli(tool: str, *args, stdin: str = None, cwd=None, env_extra=None, timeout=600, check=True):
+    """Run ``tool`` (e.g. ``fairseq-train``) from this interpreter's environment.
+
+    Returns the CompletedProcess (text mode, stdout and stderr captured). On a non-zero exit it
+    fails with the command line and the tail of both streams, unless ``check=False``.
+    """
+    exe = BIN_DIR / tool
+    cmd: List[str] = [str(exe) if exe.exists() else tool, *[str(a) for a in args]]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    if env_extra:
+        env.update(env_extra)
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise CliError(f"{' '.join(cmd)}\nexit {proc.returncode}\n--- stdout (tail)\n"
+                       f"{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def load_fixture(name: str):
+    """The reference fixture ``REFERENCE_DIR/<name>.pt`` (config, state_dict, inputs, expected outputs)."""
+    return torch.load(REFERENCE_DIR / "{}.pt".format(name), weights_only=True)
+
+
+def max_diff(a, b) -> float:
+    """Largest absolute difference of two tensors, computed in float64."""
+    return (a.double() - b.double()).abs().max().item()
+
+
+def dictionary_from_spec(spec):
+    """A fairseq Dictionary from a fixture's ``{symbols, counts, nspecial}`` spec."""
+    from fairseq.data import Dictionary
+
+    dictionary = Dictionary()
+    for symbol, count in zip(spec["symbols"][spec["nspecial"]:], spec["counts"][spec["nspecial"]:]):
+        dictionary.add_symbol(symbol, n=count)
+    return dictionary
+
+
+class StubTask:
+    """The two attributes ``MegaModel.build_model`` reads from a translation task."""
+
+    def __init__(self, source_dictionary, target_dictionary=None):
+        self.source_dictionary = source_dictionary
+        self.target_dictionary = target_dictionary if target_dictionary is not None else source_dictionary
+
+
+def fixture_task(fixture) -> StubTask:
+    src = dictionary_from_spec(fixture["src_dictionary"])
+    tgt = src if fixture["tgt_dictionary"] is None else dictionary_from_spec(fixture["tgt_dictionary"])
+    return StubTask(src, tgt)
+
+
+def build_fixture_model(fixture):
+    """The plugin's MegaModel from the fixture's official config, with the official weights."""
+    from mega_fairseq.models.mega import MegaModel
+
+    model = MegaModel.build_model(argparse.Namespace(**fixture["config"]), fixture_task(fixture))
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    dtype = fixture["state_dict"]["encoder.embed_tokens.weight"].dtype
+    return model.to(dtype).eval()
+
+
+def incremental_logits(model, encoder_out, prev_output_tokens, incremental_state=None):
+    """Logits of one-token steps in the fairseq generator convention (the whole prefix each time)."""
+    state = {} if incremental_state is None else incremental_state
+    steps = []
+    for t in range(prev_output_tokens.size(1)):
+        logits, _ = model.decoder(prev_output_tokens[:, : t + 1], encoder_out=encoder_out, incremental_state=state)
+        steps.append(logits)
+    return torch.cat(steps, dim=1)
+
+
+# ---------------------------------------------------------------- tiny corpora
+SOURCE_WORDS = ["red", "blue", "green", "cat", "dog", "bird", "runs", "sleeps", "eats", "big", "small"]
+# a fixed word-by-word "translation" so the pair is learnable
+TARGET_OF: Dict[str, str] = {w: w.upper()[::-1] for w in SOURCE_WORDS}
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(SOURCE_WORDS) for _ in range(rng.randint(3, 8)))
+
+
+def write_translation_corpus(out_dir: Path, seed: int = 1, sizes=(("train", 200), ("valid", 20), ("test", 10))):
+    """Write ``{split}.src`` / ``{split}.tgt`` line-aligned files; returns ``out_dir``."""
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, count in sizes:
+        src_lines = [_sentence(rng) for _ in range(count)]
+        (out_dir / f"{split}.src").write_text("".join(s + "\n" for s in src_lines))
+        (out_dir / f"{split}.tgt").write_text(
+            "".join(" ".join(TARGET_OF[w] for w in s.split()) + "\n" for s in src_lines))
+    return out_dir
+
+
+def write_lm_corpus(out_dir: Path, seed: int = 2, sizes=(("train", 300), ("valid", 30), ("test", 30))):
+    """Write ``{split}.txt`` files of short sentences, one per line; returns ``out_dir``."""
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, count in sizes:
+        (out_dir / f"{split}.txt").write_text("".join(_sentence(rng) + "\n" for _ in range(count)))
+    return out_dir
