@@ -6,6 +6,7 @@ from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
 from .gated_cross_attention import GatedCrossAttention
 from .mega_decoder_layer import MegaDecoderLayer
 from .mega_encoder_layer import MegaEncoderLayer
+from .mega_layer_config import MegaLayerConfig
 from .moving_average_gated_attention import MovingAverageGatedAttention
 from .normalized_feedforward_network import NormalizedFeedForwardNetwork
 from .root_mean_square_norm import RMSNorm
@@ -20,6 +21,7 @@ __all__ = [
     "GatedCrossAttention",
     "MegaDecoderLayer",
     "MegaEncoderLayer",
+    "MegaLayerConfig",
     "MovingAverageGatedAttention",
     "MultiHeadEMA",
     "NormalizedFeedForwardNetwork",
