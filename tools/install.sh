@@ -17,6 +17,9 @@ PY="${PYTHON:-python3}"
 CACHE="${MEGA_FAIRSEQ_CACHE:-$HOME/.cache/mega-fairseq}"
 CONSTRAINTS="$ROOT/requirements/constraints.txt"
 STAMP="$VENV/.mega-install-ok"
+SDIST="$CACHE/sdist/fairseq-0.12.2.tar.gz"
+# sha256 of fairseq-0.12.2.tar.gz as published on PyPI (the file every patch anchor was written against)
+SDIST_SHA256="34f1b18426bf3844714534162f065ab733e049597476daa35fffb4d06a92b524"
 
 die() { echo "" >&2; echo "install error: $*" >&2; exit 1; }
 step() { echo "==> $*"; }
@@ -30,6 +33,18 @@ case "$PYVER" in
 Use Python 3.11 (PYTHON=/path/to/python3.11 make install), or, on Python <= 3.10, use an existing
 stock fairseq 0.12.2 and install only the plugin: pip install --no-deps -e . (see README)." ;;
 esac
+
+# --- the cached fairseq sdist, if any, must be the one published on PyPI ------------------------
+check_sdist() {
+  local got
+  got="$(sha256sum "$SDIST" | cut -d' ' -f1)"
+  if [ "$got" != "$SDIST_SHA256" ]; then
+    rm -f "$SDIST"
+    die "$SDIST has sha256 $got, expected $SDIST_SHA256 (fairseq-0.12.2.tar.gz on PyPI).
+The file was deleted; re-run make install to download it again."
+  fi
+}
+if [ -f "$SDIST" ]; then check_sdist; fi
 
 # --- fast path: nothing changed since the last successful install ---------------------------
 KEY="$(cat "$CONSTRAINTS" "$ROOT/requirements/requirements.txt" "$ROOT/tools/fairseq_compat/patches.py" \
@@ -70,7 +85,6 @@ WHEEL="$(ls "$WHEEL_DIR"/fairseq-0.12.2+mega*.whl 2>/dev/null | head -n1 || true
 if [ -z "$WHEEL" ]; then
   step "building fairseq 0.12.2 with the compatibility patch set (first time only, ~3 min)"
   mkdir -p "$CACHE/sdist"
-  SDIST="$CACHE/sdist/fairseq-0.12.2.tar.gz"
   if [ ! -f "$SDIST" ]; then
     # --no-deps: only the sdist itself. Its metadata step runs in an isolated build env that the
     # constraints keep on the local torch wheel.
@@ -79,6 +93,7 @@ if [ -z "$WHEEL" ]; then
 Check your network/registry access (pip config list), then re-run: make install"
   fi
   [ -f "$SDIST" ] || die "the fairseq 0.12.2 sdist was not found in $CACHE/sdist after download."
+  check_sdist
   BUILD="$(mktemp -d)"
   trap 'rm -rf "$BUILD"' EXIT
   tar -xzf "$SDIST" -C "$BUILD" || die "could not unpack $SDIST (delete it and re-run make install)."
