@@ -8,12 +8,9 @@ import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
-from .attention_state import CachedAttentionState
-from .activations import check_attention_activation, get_activation_fn
 from .attention_weights import attention_weights
-from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
+from .gated_attention_base import GatedAttentionBase
 from .relative_positional_bias import build_relative_positional_bias
-from .sequence_norm import SequenceNorm
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -31,7 +28,7 @@ def real_positions(key_padding_mask: Optional[Tensor], num_keys: int, device) ->
 
 
 @with_incremental_state
-class GatedCrossAttention(CachedAttentionState, nn.Module):
+class GatedCrossAttention(GatedAttentionBase):
     """Single-head gated attention of decoder states (queries) over encoder states (keys/values).
 
     ``[u | r | q] = W_q norm(x)``, ``u = sigmoid``, ``r = silu``; ``k = W_k enc``, ``v = act(W_v
@@ -63,22 +60,11 @@ class GatedCrossAttention(CachedAttentionState, nn.Module):
         export=False,
         padding_invariant=True,
     ):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.zdim = zdim
-        self.ndim = ndim
-        self.activation = get_activation_fn(activation)
-        self.attention_activation = check_attention_activation(attention_activation)
-        self.scaling = zdim ** -0.5 if attention_activation == "softmax" else None
+        super().__init__(
+            embed_dim, zdim, ndim, dropout, attention_dropout, hidden_dropout, activation, attention_activation,
+            norm_type, prenorm, norm_affine, feature_dropout, export,
+        )
         self.padding_invariant = padding_invariant
-
-        dropout_class = FairseqFeatureDropout if feature_dropout else FairseqDropout
-        self.dropout = dropout_class(dropout, module_name=self.__class__.__name__)
-        self.hidden_dropout = dropout_class(hidden_dropout, module_name=self.__class__.__name__)
-        self.attention_dropout = FairseqDropout(attention_dropout, module_name=self.__class__.__name__)
-
-        self.prenorm = prenorm
-        self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine, export=export)
 
         self.k_proj = nn.Linear(embed_dim, zdim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -161,6 +147,8 @@ class GatedCrossAttention(CachedAttentionState, nn.Module):
                         )
                     )
                 key_padding_mask = key_padding_mask.bool()
+                k = self._zero_padded_keys(k, key_padding_mask)
+                v = self._zero_padded_keys(v, key_padding_mask)
         if saved_state is not None:
             saved_state["prev_key"] = k
             saved_state["prev_value"] = v
@@ -187,14 +175,9 @@ class GatedCrossAttention(CachedAttentionState, nn.Module):
         )
         if before_attn_fn:
             return weights, v
-        # B x Tgt x D -> Tgt x B x D
+        # B x Tgt x D; r first: the product is laid out Tgt x Batch like r
         h = torch.bmm(self.attention_dropout(weights).to(v.dtype), v)
-        # r first: the product is laid out Tgt x Batch like r
-        h = self.dropout(self.activation(self.h_proj(r * h.transpose(0, 1))))
-        # query + u * (h - query) in one pass
-        out = torch.lerp(query, h.to(query.dtype), u.to(query.dtype))
-        if not self.prenorm:
-            out = self.norm(out)
+        out = self._gated_output(query, self.h_proj(r * h.transpose(0, 1)), u)
         return out, (weights if need_weights else None)
 
     def _check_query(self, query: Tensor) -> Tuple[int, int]:
@@ -205,8 +188,3 @@ class GatedCrossAttention(CachedAttentionState, nn.Module):
                 )
             )
         return query.size(0), query.size(1)
-
-    def extra_repr(self) -> str:
-        return "edim={}, zdim={}, ndim={}, attn_act={}, prenorm={}".format(
-            self.embed_dim, self.zdim, self.ndim, self.attention_activation, self.prenorm
-        )

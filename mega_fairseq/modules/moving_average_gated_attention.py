@@ -9,19 +9,17 @@ import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
-from .attention_state import CachedAttentionState
-from .activations import check_attention_activation, get_activation_fn
 from .attention_weights import attention_weights, causal_attention_mask
 from .exponential_moving_average import MultiHeadEMA
-from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
+from .fused_gates import split_gates
+from .gated_attention_base import GatedAttentionBase
 from .relative_positional_bias import build_relative_positional_bias
-from .sequence_norm import SequenceNorm
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 @with_incremental_state
-class MovingAverageGatedAttention(CachedAttentionState, nn.Module):
+class MovingAverageGatedAttention(GatedAttentionBase):
     """Single-head gated attention whose queries and keys come from a multi-head EMA.
 
     With ``X`` the (normed) input, ``X' = EMA(X)``: ``v = act(W_v X)``; ``[u | z, r | hx] =
@@ -58,24 +56,14 @@ class MovingAverageGatedAttention(CachedAttentionState, nn.Module):
         max_positions=1024,
         export=False,
     ):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.zdim = zdim
+        super().__init__(
+            embed_dim, zdim, ndim, dropout, attention_dropout, hidden_dropout, activation, attention_activation,
+            norm_type, prenorm, norm_affine, feature_dropout, export,
+        )
         self.hdim = hdim
-        self.ndim = ndim
-        self.activation = get_activation_fn(activation)
-        self.attention_activation = check_attention_activation(attention_activation)
-        self.scaling = zdim ** -0.5 if attention_activation == "softmax" else None
         self.bidirectional = bidirectional
 
-        dropout_class = FairseqFeatureDropout if feature_dropout else FairseqDropout
-        self.dropout = dropout_class(dropout, module_name=self.__class__.__name__)
-        self.hidden_dropout = dropout_class(hidden_dropout, module_name=self.__class__.__name__)
-        self.attention_dropout = FairseqDropout(attention_dropout, module_name=self.__class__.__name__)
-
         self.chunk_size = chunk_size if chunk_size is not None else -1
-        self.prenorm = prenorm
-        self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine, export=export)
         self.move = MultiHeadEMA(embed_dim, ndim=ndim, bidirectional=bidirectional, truncation=truncation)
 
         self.v_proj = nn.Linear(embed_dim, hdim)
@@ -146,21 +134,15 @@ class MovingAverageGatedAttention(CachedAttentionState, nn.Module):
         if self.prenorm:
             x = self.norm(x)
 
-        # T x B x H
-        v = self.activation(self.v_proj(x))
+        # v_proj reads the normed input transposed, so v comes out Batch x Time x H: the layout
+        # the chunked attention views (Batch x Chunks x ChunkLen x H) without copying it
+        v = self.hidden_dropout(self.activation(self.v_proj(x.transpose(0, 1))), batch_first=True)
         # T x B x D
         mx = self.dropout(self.move(x, padding_mask, incremental_state))
-        # T x B x (D + Z + H + D)
-        base = self.mx_proj(mx)
-        u, zr, hx = torch.split(base, [self.embed_dim, self.zdim + self.hdim, self.embed_dim], dim=-1)
-        u = torch.sigmoid(u)
-        z, r = torch.split(F.silu(zr), [self.zdim, self.hdim], dim=-1)
-        # T x B x 1 x Z -> T x B x 2 x Z -> two T x B x Z
-        q, k = torch.unbind(torch.addcmul(self.beta, z.unsqueeze(2), self.gamma), dim=2)
-
-        # T x B x C -> B x T x C
-        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
-        v = self.hidden_dropout(v, batch_first=True)
+        # T x B x (D + Z + H + D) -> u, r, hx: T x B x C; q, k: B x T x Z
+        u, q, k, r, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
+        k = self._zero_padded_keys(k, padding_mask)
+        v = self._zero_padded_keys(v, padding_mask)
 
         if saved_state is not None:
             h, weights = self._incremental_attention(q, k, v, padding_mask, saved_state, before_attn_fn)
@@ -170,13 +152,11 @@ class MovingAverageGatedAttention(CachedAttentionState, nn.Module):
         if before_attn_fn:
             return weights, h
 
-        # B x T x H -> T x B x H; r first: the product is laid out Time x Batch like r
-        h = self.h_proj(r * h.transpose(0, 1))
-        h = self.dropout(self.activation(h + hx))
-        # residual + u * (h - residual) in one pass
-        out = torch.lerp(residual, h.to(residual.dtype), u.to(residual.dtype))
-        if not self.prenorm:
-            out = self.norm(out)
+        # B x T x H: the product is laid out like h (its first operand), so h_proj reads it as is
+        # and its backward hands the attention a gradient it can view in chunks
+        h = self.h_proj(h * r.transpose(0, 1))
+        # B x T x D read as T x B x D
+        out = self._gated_output(residual, h.transpose(0, 1), u, hx)
         return out, (weights if need_weights else None)
 
     def _check_input(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tuple[int, int]:

@@ -1,0 +1,135 @@
+"""The gates of the Mega self-attention, split off its shared projection in one fused step.
+
+``MovingAverageGatedAttention`` projects the EMA output once, ``base = W_mx X'`` (Time x Batch x
+(D + Z + H + D)), and reads four things from it::
+
+    u = sigmoid(base[:D])                       update gate, Time x Batch x D
+    z = silu(base[D:D+Z]);  q, k = z * gamma[i] + beta[i]   queries/keys, Batch x Time x Z
+    r = silu(base[D+Z:D+Z+H])                   reset gate, Time x Batch x H
+    hx = base[D+Z+H:]                           residual of the output, Time x Batch x D
+
+Written with plain autograd this costs a separate gradient buffer per piece plus a zero-filled
+``base``-sized buffer (and a copy) for each split. :class:`GateSplit` computes all of them in one
+forward and, in the backward, writes every piece's gradient straight into its slice of one
+``base``-sized gradient. It also hands out ``q`` and ``k`` already laid out Batch x Time, the
+layout the chunked attention views without copying.
+"""
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GateTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _split_sizes(base: Tensor, embed_dim: int, zdim: int, hdim: int):
+    if base.dim() != 3 or base.size(-1) != 2 * embed_dim + zdim + hdim:
+        raise ValueError(
+            "base must be Time x Batch x (2 * embed_dim + zdim + hdim) = (T, B, {}), got shape {}".format(
+                2 * embed_dim + zdim + hdim, tuple(base.shape)
+            )
+        )
+    z_start, r_start = embed_dim, embed_dim + zdim
+    hx_start = r_start + hdim
+    return z_start, r_start, hx_start
+
+
+def _batch_first_query_key(z: Tensor, gamma: Tensor, beta: Tensor) -> Tuple[Tensor, Tensor]:
+    """``z * gamma[i] + beta[i]`` for i = 0, 1 from z (Time x Batch x Z), each Batch x Time x Z contiguous."""
+    seq_len, bsz, zdim = z.shape
+    z_bt = z.transpose(0, 1)
+    q = torch.addcmul(beta[0], z_bt, gamma[0], out=z.new_empty(bsz, seq_len, zdim))
+    k = torch.addcmul(beta[1], z_bt, gamma[1], out=z.new_empty(bsz, seq_len, zdim))
+    return q, k
+
+
+def _gates_forward(base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int):
+    z_start, r_start, hx_start = _split_sizes(base, embed_dim, zdim, hdim)
+    u = torch.sigmoid(base[..., :z_start])
+    z = F.silu(base[..., z_start:r_start])
+    q, k = _batch_first_query_key(z, gamma, beta)
+    r = F.silu(base[..., r_start:hx_start])
+    hx = base[..., hx_start:]
+    return u, z, q, k, r, hx
+
+
+class GateSplit(torch.autograd.Function):
+    """``(u, q, k, r, hx)`` from ``base``, ``gamma``, ``beta`` with one fused backward.
+
+    Shapes: base Time x Batch x (D + Z + H + D); gamma, beta 2 x Z. Returns u (T x B x D),
+    q and k (B x T x Z, contiguous), r (T x B x H) and hx (T x B x D, a view of base).
+    """
+
+    @staticmethod
+    def forward(ctx, base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int):
+        u, z, q, k, r, hx = _gates_forward(base, gamma, beta, embed_dim, zdim, hdim)
+        ctx.sizes = (embed_dim, zdim, hdim)
+        ctx.save_for_backward(base, gamma, u, z)
+        return u, q, k, r, hx
+
+    @staticmethod
+    def backward(ctx, grad_u, grad_q, grad_k, grad_r, grad_hx):
+        base, gamma, u, z = ctx.saved_tensors
+        embed_dim, zdim, hdim = ctx.sizes
+        z_start, r_start, hx_start = _split_sizes(base, embed_dim, zdim, hdim)
+        # one Time x Batch x (D + Z + H + D) buffer; each piece writes its own slice
+        grad_base = torch.empty_like(base, memory_format=torch.contiguous_format)
+
+        grad_u_slice = grad_base[..., :z_start]
+        if grad_u is None:
+            grad_u_slice.zero_()
+        else:
+            torch.ops.aten.sigmoid_backward.grad_input(grad_u, u, grad_input=grad_u_slice)
+
+        grad_gamma = grad_beta = None
+        grad_z_slice = grad_base[..., z_start:r_start]
+        if grad_q is None and grad_k is None:
+            grad_z_slice.zero_()
+            if ctx.needs_input_grad[1]:
+                grad_gamma = torch.zeros_like(gamma)
+            if ctx.needs_input_grad[2]:
+                grad_beta = torch.zeros_like(gamma)
+        else:
+            grad_q = torch.zeros_like(z.transpose(0, 1)) if grad_q is None else grad_q
+            grad_k = torch.zeros_like(z.transpose(0, 1)) if grad_k is None else grad_k
+            # Batch x Time x Z -> Time x Batch x Z views
+            grad_q_tb, grad_k_tb = grad_q.transpose(0, 1), grad_k.transpose(0, 1)
+            grad_z = torch.addcmul(grad_q_tb * gamma[0], grad_k_tb, gamma[1])
+            torch.ops.aten.silu_backward.grad_input(grad_z, base[..., z_start:r_start], grad_input=grad_z_slice)
+            if ctx.needs_input_grad[1]:
+                grad_gamma = torch.stack([(grad_q_tb * z).sum((0, 1)), (grad_k_tb * z).sum((0, 1))])
+            if ctx.needs_input_grad[2]:
+                grad_beta = torch.stack([grad_q.sum((0, 1)), grad_k.sum((0, 1))])
+
+        grad_r_slice = grad_base[..., r_start:hx_start]
+        if grad_r is None:
+            grad_r_slice.zero_()
+        else:
+            torch.ops.aten.silu_backward.grad_input(grad_r, base[..., r_start:hx_start], grad_input=grad_r_slice)
+
+        grad_hx_slice = grad_base[..., hx_start:]
+        if grad_hx is None:
+            grad_hx_slice.zero_()
+        else:
+            grad_hx_slice.copy_(grad_hx)
+        return grad_base, grad_gamma, grad_beta, None, None, None
+
+
+def split_gates(base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int) -> GateTensors:
+    """``(u, q, k, r, hx)`` of the Mega self-attention from its projection ``base`` (see the module doc).
+
+    Args:
+        base: Time x Batch x (embed_dim + zdim + hdim + embed_dim), the ``mx_proj`` output.
+        gamma, beta: 2 x zdim, the query/key scale and offset.
+
+    Returns:
+        u (T x B x D), q and k (B x T x Z, contiguous), r (T x B x H), hx (T x B x D).
+        Without gradients (e.g. decoding) the same values come from the plain ops, no autograd
+        function.
+    """
+    if torch.is_grad_enabled() and (base.requires_grad or gamma.requires_grad or beta.requires_grad):
+        return GateSplit.apply(base, gamma, beta, embed_dim, zdim, hdim)
+    u, _, q, k, r, hx = _gates_forward(base, gamma, beta, embed_dim, zdim, hdim)
+    return u, q, k, r, hx

@@ -1,0 +1,92 @@
+"""What the two Mega attention layers share: their activations, dropouts, norm and output gate.
+
+Both :class:`MovingAverageGatedAttention` and :class:`GatedCrossAttention` end the same way:
+``out = x + u * (dropout(act(H + hx)) - x)`` (``hx`` only in the self-attention), with a norm
+before (prenorm) or after, and both must keep padded keys from reaching real queries.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .activations import check_attention_activation, get_activation_fn
+from .attention_state import CachedAttentionState
+from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
+from .sequence_norm import SequenceNorm
+
+
+class GatedAttentionBase(CachedAttentionState, nn.Module):
+    """Common set-up and output gate of the Mega gated attention layers.
+
+    Sets ``embed_dim``, ``zdim``, ``ndim``, ``activation``, ``attention_activation``,
+    ``scaling``, the dropouts (``dropout``, ``hidden_dropout``, ``attention_dropout``),
+    ``prenorm`` and ``norm`` (parameter names ``norm.*``, as in the official code).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        zdim: int,
+        ndim: int,
+        dropout: float,
+        attention_dropout: float,
+        hidden_dropout: float,
+        activation: str,
+        attention_activation: str,
+        norm_type: str,
+        prenorm: bool,
+        norm_affine: bool,
+        feature_dropout: bool,
+        export: bool,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.zdim = zdim
+        self.ndim = ndim
+        self.activation = get_activation_fn(activation)
+        self.attention_activation = check_attention_activation(attention_activation)
+        self.scaling = zdim ** -0.5 if attention_activation == "softmax" else None
+
+        name = self.__class__.__name__
+        dropout_class = FairseqFeatureDropout if feature_dropout else FairseqDropout
+        self.dropout = dropout_class(dropout, module_name=name)
+        self.hidden_dropout = dropout_class(hidden_dropout, module_name=name)
+        self.attention_dropout = FairseqDropout(attention_dropout, module_name=name)
+
+        self.prenorm = prenorm
+        self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine, export=export)
+
+    @staticmethod
+    def _zero_padded_keys(tensor: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
+        """Zero the rows of padded keys so that a NaN/inf there cannot reach a real query.
+
+        A pad key's weight is exactly 0, but ``0 * NaN`` is NaN in the weighted sum (and a NaN
+        key turns its whole score row into NaN). ``tensor``: Batch x Keys x C; the mask is
+        Batch x Keys, True = pad. Returns ``tensor`` itself when there is no mask (no cost).
+        """
+        if key_padding_mask is None:
+            return tensor
+        return tensor.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+
+    def _gated_output(self, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """``residual + u * (dropout(act(attended + hx)) - residual)``, then the norm if not prenorm.
+
+        residual, u, hx: Time x Batch x embed_dim; attended: Time x Batch x embed_dim (any
+        strides, e.g. a transposed Batch x Time result). Returns Time x Batch x embed_dim in
+        residual's dtype.
+        """
+        # hx first: the sum is laid out like hx (Time x Batch) whatever attended's strides are
+        pre_activation = attended if hx is None else hx + attended
+        gated = self.dropout(self.activation(pre_activation))
+        # residual + u * (gated - residual) in one pass
+        out = torch.lerp(residual, gated.to(residual.dtype), u.to(residual.dtype))
+        if not self.prenorm:
+            out = self.norm(out)
+        return out
+
+    def extra_repr(self) -> str:
+        return "edim={}, zdim={}, ndim={}, attn_act={}, prenorm={}".format(
+            self.embed_dim, self.zdim, self.ndim, self.attention_activation, self.prenorm
+        )
