@@ -1,8 +1,8 @@
 """MultiHeadEMA whole-sequence paths: dense Toeplitz, FFT and blocked scan (forward + backward).
 
 Prints JSON: for each length, the time per token of ``conv_algorithm="toeplitz"`` (lengths up
-to 256), ``"fft"``, ``"chunked"`` at several block lengths and ``"auto"`` (what the module
-picks). Used to choose the automatic rule in ``exponential_moving_average.py``.
+to 256), ``"fft"``, ``"blocked_scan"`` at several ``scan_block`` lengths and ``"auto"`` (what the module
+picks). Used to choose the automatic rule in ``ema_op.py``.
 Time is the minimum over ``--reps`` calls after one warm-up call.
 
     python benchmarks/bench_ema.py [--width 256] [--ndim 16] [--tokens 8192] [--quick]
@@ -49,11 +49,11 @@ def main():
         batch = max(1, args.tokens // length)
         x = torch.randn(length, batch, width, requires_grad=True)
         row = {"length": length, "batch": batch}
-        paths = [("fft", None), ("chunked", 32), ("chunked", 64), ("chunked", 128), ("auto", None)]
+        paths = [("fft", None), ("blocked_scan", 32), ("blocked_scan", 64), ("blocked_scan", 128), ("auto", None)]
         if length <= 256:
             paths.insert(0, ("toeplitz", None))
         for algorithm, block in paths:
-            module.conv_algorithm, module.chunk_block = algorithm, block
+            module.conv_algorithm, module.scan_block = algorithm, block
             name = algorithm if block is None else "{}_{}".format(algorithm, block)
             row[name + "_us_per_token"] = time_per_token(module, x, args.reps)
         rows.append(row)

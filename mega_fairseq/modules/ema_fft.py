@@ -7,11 +7,12 @@ kernel) to avoid wrap-around. Instead of blindly using ``2 * L`` we pick the
 smallest even 2/3/5-smooth length that is long enough: pocketfft (the CPU
 backend of ``torch.fft``) is fastest on such sizes.
 
-All functions here take channel-first tensors, ``D x B x L`` (channel, batch,
-time), already in the compute dtype (float32, or float64 for float64 inputs).
+:func:`fft_conv` takes the layers' Time x Batch x D layout and transforms along time, so no
+layout copy is needed; inputs are already in the compute dtype.
 """
 
 import functools
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -72,36 +73,23 @@ def two_sided_kernel_buffer(forward_kernel: Tensor, backward_kernel: Tensor, n: 
     )
 
 
-def fft_causal_conv(x: Tensor, kernel: Tensor) -> Tensor:
-    """Causal convolution ``y[t] = sum_m kernel[m] * x[t - m]``.
+def fft_conv(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor] = None) -> Tensor:
+    """``y[t] = sum_m fwd[m] x[t - m] (+ sum_m bwd[m] x[t + m])`` by FFT along time.
 
     Args:
-        x: ``D x B x L`` input.
-        kernel: ``D x K`` kernel, ``K <= L``.
+        x: ``T x B x D`` input (transformed along dim 0 in place of a layout change).
+        forward_kernel: ``D x K`` causal kernel, ``K <= T``.
+        backward_kernel: ``D x K`` anti-causal kernel (tap ``m`` weighs ``x[t + m]``), or None.
 
     Returns:
-        ``D x B x L`` output.
+        ``T x B x D``.
     """
-    length = x.size(-1)
-    n = fast_fft_length(length + kernel.size(-1) - 1)
-    x_f = torch.fft.rfft(x, n=n)
-    k_f = torch.fft.rfft(kernel, n=n).unsqueeze(1)
-    return torch.fft.irfft(x_f * k_f, n=n)[..., :length]
-
-
-def fft_bidirectional_conv(x: Tensor, forward_kernel: Tensor, backward_kernel: Tensor) -> Tensor:
-    """Two-sided convolution ``y[t] = sum_m fwd[m] x[t - m] + sum_m bwd[m] x[t + m]``.
-
-    Args:
-        x: ``D x B x L`` input.
-        forward_kernel, backward_kernel: ``D x K`` kernels, ``K <= L``.
-
-    Returns:
-        ``D x B x L`` output.
-    """
-    length = x.size(-1)
+    length = x.size(0)
     n = fast_fft_length(length + forward_kernel.size(-1) - 1)
-    buffer = two_sided_kernel_buffer(forward_kernel, backward_kernel, n)
-    x_f = torch.fft.rfft(x, n=n)
-    k_f = torch.fft.rfft(buffer, n=n).unsqueeze(1)
-    return torch.fft.irfft(x_f * k_f, n=n)[..., :length]
+    if backward_kernel is None:
+        buffer = forward_kernel
+    else:
+        buffer = two_sided_kernel_buffer(forward_kernel, backward_kernel, n)
+    x_f = torch.fft.rfft(x, n=n, dim=0)  # F x B x D
+    k_f = torch.fft.rfft(buffer, n=n).t().unsqueeze(1)  # F x 1 x D
+    return torch.fft.irfft(x_f * k_f, n=n, dim=0)[:length]

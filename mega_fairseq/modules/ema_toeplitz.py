@@ -9,9 +9,9 @@ Batched over channels this is a single ``bmm`` of ``D x B x L`` by ``D x L x L``
 sentence lengths of translation (tens of tokens) it needs fewer operations than an FFT and, in the
 bidirectional case, none of the flips and doubled rows of the blocked scan.
 
-:func:`toeplitz_conv` takes channel-first inputs, ``D x B x L``; :func:`toeplitz_conv_tbd` takes
-and returns the layers' Time x Batch x D layout and handles the layout changes itself (see there).
-Inputs are already in the compute dtype.
+:func:`toeplitz_conv_tbd` takes and returns the layers' Time x Batch x D layout and handles the
+layout changes itself (see there); :func:`lag_table` also serves the blocked scan's in-block
+matrix. Inputs are already in the compute dtype.
 """
 
 from typing import Optional
@@ -40,21 +40,6 @@ def lag_table(length: int, forward_kernel: Tensor, backward_kernel: Optional[Ten
         return F.pad(causal, (length - 1, 0))
     anti = F.pad(backward_kernel, (0, length - backward_kernel.size(-1)))
     return torch.cat([anti[:, 1:].flip(-1), causal[:, :1] + anti[:, :1], causal[:, 1:]], dim=-1)
-
-
-def toeplitz_conv(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor] = None) -> Tensor:
-    """``y[t] = sum_m fwd[m] x[t - m] (+ sum_m bwd[m] x[t + m])`` as one batched matmul.
-
-    Args:
-        x: ``D x B x L`` input (any strides; zero at padded positions).
-        forward_kernel: ``D x K`` causal kernel, ``K <= L``.
-        backward_kernel: ``D x K`` anti-causal kernel or None (causal only).
-
-    Returns:
-        ``D x B x L``.
-    """
-    matrix = toeplitz_from_lags(lag_table(x.size(-1), forward_kernel, backward_kernel))
-    return torch.bmm(x, matrix)
 
 
 class _ToeplitzConvTBD(torch.autograd.Function):
@@ -88,6 +73,15 @@ class _ToeplitzConvTBD(torch.autograd.Function):
 
 
 def toeplitz_conv_tbd(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor] = None) -> Tensor:
-    """:func:`toeplitz_conv` for a Time x Batch x D input; returns Time x Batch x D (a strided view)."""
+    """``y[t] = sum_m fwd[m] x[t - m] (+ sum_m bwd[m] x[t + m])`` as one batched matmul per channel.
+
+    Args:
+        x: ``T x B x D`` input (zero at padded positions).
+        forward_kernel: ``D x K`` causal kernel, ``K <= T``.
+        backward_kernel: ``D x K`` anti-causal kernel, or None (causal only).
+
+    Returns:
+        ``T x B x D`` (a strided view of a ``D x B x T`` product).
+    """
     matrix = toeplitz_from_lags(lag_table(x.size(0), forward_kernel, backward_kernel))
     return _ToeplitzConvTBD.apply(x, matrix)

@@ -6,12 +6,10 @@ Per channel ``d`` and each of ``N`` EMA dimensions ``n``::
     h[t] = q * h[t - 1] + p * beta * x[t]
     y[t] = silu(sum_n gamma * sqrt(1/N) * h[t, n] + omega * x[t])
 
-A whole sequence is a causal convolution with the kernel
-``k[m] = sum_n gamma sqrt(1/N) p beta q^m``, evaluated as one dense Toeplitz
-matmul for short sequences, else by FFT or by a blocked scan, whichever is
-faster for the length. The bidirectional variant adds an
-anti-causal convolution with a second set of parameters; the lag-0 tap is
-counted by both directions. Decoding steps use the recurrence.
+The computation is the functional op :func:`~.ema_op.multi_head_ema` (whole sequences by a dense
+Toeplitz matmul, FFT or blocked scan; decoding steps that carry the state), defined by the plain
+recurrence :func:`~.ema_reference.ema_reference`. The bidirectional variant adds an anti-causal
+EMA with a second set of parameters; the lag-0 tap is counted by both directions.
 
 ``truncation = W > 0`` keeps only the first ``W`` kernel taps. Incremental
 decoding is then exact too: the module keeps the last ``W - 1`` inputs and
@@ -32,24 +30,12 @@ from torch import Tensor, nn
 
 from fairseq.incremental_decoding_utils import with_incremental_state
 
-from .ema_chunked_scan import chunked_causal_ema, ema_kernel, geometric_powers
-from .ema_fft import fft_bidirectional_conv, fft_causal_conv
-from .ema_toeplitz import toeplitz_conv, toeplitz_conv_tbd
+from .ema_kernel import ema_kernel
+from .ema_op import multi_head_ema
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
-CONV_ALGORITHMS = ("auto", "toeplitz", "fft", "chunked")
-# Measured with benchmarks/bench_ema.py (CPU, D=256, N=16, forward + backward): the
-# FFT path wins only for small calls (fixed cost of the batched small matmuls); with
-# 8192 tokens per call the blocked scan is ~2x faster at L=32, ~4x at 2048 and
-# ~10x at 8192-16384, and its cost per token stays flat. Block 64 was best or tied.
-_CHUNKED_MIN_LENGTH = 96
-# Up to this length one dense L x L Toeplitz matmul per channel beats both (no FFT, no scan,
-# no doubled rows for the bidirectional EMA); measured with benchmarks/bench_ema.py.
-_TOEPLITZ_MAX_LENGTH = 64
-_CHUNKED_MIN_TOKENS = 2048
-_DEFAULT_BLOCK = 64
-_CACHE_ENTRIES = 16
+_CACHE_ENTRIES = 4
 
 
 @with_incremental_state
@@ -65,8 +51,10 @@ class MultiHeadEMA(nn.Module):
 
     Attribute ``conv_algorithm`` picks the whole-sequence path: ``"auto"``
     (default: dense Toeplitz matmul up to 64 steps, then FFT or blocked scan),
-    ``"toeplitz"``, ``"fft"`` or ``"chunked"``. ``chunk_block`` is the block
-    length of the blocked scan (``None`` = automatic).
+    ``"toeplitz"``, ``"fft"`` or ``"blocked_scan"``; ``scan_block`` is the block
+    length of the blocked scan (``None`` = 64). Decoding steps always run the
+    recurrence (one token) or the blocked scan from the saved state
+    (see :mod:`.ema_op`).
     """
 
     def __init__(self, embed_dim, ndim=2, bidirectional=False, truncation=None):
@@ -93,7 +81,7 @@ class MultiHeadEMA(nn.Module):
         self.reset_parameters()
 
         self.conv_algorithm = "auto"
-        self.chunk_block: Optional[int] = None
+        self.scan_block: Optional[int] = None
         self._cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
         self._cache_signature: Optional[tuple] = None
         self.onnx_trace = False
@@ -170,14 +158,15 @@ class MultiHeadEMA(nn.Module):
         return value
 
     # ----------------------------------------------------------- coefficients
-    def _coefficients(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(q, p * beta, log q, gamma * sqrt(1/N))``, each ``kD x N``, in ``dtype``."""
+    def _coefficients(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Optional[dict]]:
+        """``(q, p * beta, gamma * sqrt(1/N), memo)``: each ``kD x N`` in ``dtype``; ``memo`` is the op's
+        store of derived tensors (``log q``, kernel taps), kept with the coefficients in eval mode, else None."""
 
         def build():
             p = torch.sigmoid(self.delta.to(dtype)).squeeze(-1)
             q = 1.0 - p * torch.sigmoid(self.alpha.to(dtype)).squeeze(-1)
             p_beta = p * self.beta.to(dtype).squeeze(-1)
-            return q, p_beta, torch.log(q), self.gamma.to(dtype) * self.scale
+            return q, p_beta, self.gamma.to(dtype) * self.scale, ({} if self._cache_allowed() else None)
 
         return self._cached(("coefficients", dtype, self.delta.device), build)
 
@@ -186,147 +175,20 @@ class MultiHeadEMA(nn.Module):
         p = torch.sigmoid(self.delta)
         return p, 1.0 - p * torch.sigmoid(self.alpha)
 
-    def _kernel(self, length: int, dtype: torch.dtype) -> Tensor:
-        """Truncated kernel, ``kD x min(window, length)``, cached by prefix in eval mode."""
-        size = length if self.window is None else min(self.window, length)
-
-        def build(size_to_build):
-            _, p_beta, log_q, c = self._coefficients(dtype)
-            return ema_kernel(p_beta, log_q, c, size_to_build)
-
-        if not self._cache_allowed():
-            return build(size)
-        key = ("kernel", dtype, self.delta.device)
-        cached = self._cached(key, lambda: build(size))
-        if cached.size(-1) < size:
-            self._cache.pop(key)
-            cached = self._cached(key, lambda: build(size))
-        return cached[:, :size]
-
     def kernel(self, length: int) -> Tensor:
         """Official API: EMA kernel ``kD x K`` with ``K = min(truncation, length)``."""
         compute_dtype = torch.float64 if self.gamma.dtype == torch.float64 else torch.float32
-        return self._kernel(length, compute_dtype)
+        q, p_beta, gamma, _ = self._coefficients(compute_dtype)
+        size = length if self.window is None else min(self.window, length)
+        return ema_kernel(p_beta, torch.log(q), gamma, size)
 
-    # ------------------------------------------------------- whole sequences
-    def _pick_algorithm(self, length: int, bsz: int) -> str:
-        if self.conv_algorithm not in CONV_ALGORITHMS:
-            raise ValueError(
-                "conv_algorithm must be one of {}, got {!r}".format(CONV_ALGORITHMS, self.conv_algorithm)
-            )
-        if self.conv_algorithm != "auto":
-            return self.conv_algorithm
-        if length <= _TOEPLITZ_MAX_LENGTH:
-            return "toeplitz"
-        if length >= _CHUNKED_MIN_LENGTH or length * bsz >= _CHUNKED_MIN_TOKENS:
-            return "chunked"
-        return "fft"
+    @property
+    def chunk_block(self):
+        raise AttributeError("MultiHeadEMA.chunk_block was renamed scan_block (the blocked scan's block length)")
 
-    def _block_length(self) -> int:
-        return _DEFAULT_BLOCK if self.chunk_block is None else self.chunk_block
-
-    def _convolve(self, x: Tensor) -> Tensor:
-        """EMA convolution of a whole sequence (no residual, no activation).
-
-        Args:
-            x: ``D x B x L`` input in the compute dtype, zero at padded positions.
-
-        Returns:
-            ``D x B x L``.
-        """
-        length = x.size(-1)
-        algorithm = self._pick_algorithm(length, x.size(1))
-        if algorithm == "toeplitz":
-            kernel = self._kernel(length, x.dtype)
-            if self.bidirectional:
-                return toeplitz_conv(x, kernel[: self.embed_dim], kernel[self.embed_dim:])
-            return toeplitz_conv(x, kernel)
-        if algorithm == "fft":
-            kernel = self._kernel(length, x.dtype)
-            if self.bidirectional:
-                return fft_bidirectional_conv(x, kernel[: self.embed_dim], kernel[self.embed_dim:])
-            return fft_causal_conv(x, kernel)
-
-        # blocked scan: the anti-causal half is the causal EMA of the time-reversed input
-        rows = torch.cat([x, x.flip(-1)], dim=0) if self.bidirectional else x
-        q, p_beta, log_q, c = self._coefficients(x.dtype)
-        window = self.window
-        truncated = window is not None and window < length
-        if truncated:
-            # taps m >= W, removed: the same EMA with gamma * q^W, delayed by W steps
-            rows = torch.cat([rows, rows], dim=0)
-            c = torch.cat([c, c * torch.exp(log_q * float(window))], dim=0)
-            p_beta, log_q = p_beta.repeat(2, 1), log_q.repeat(2, 1)
-        out = chunked_causal_ema(rows, p_beta, log_q, c, self._block_length())
-        if truncated:
-            kept, tail = out.chunk(2, dim=0)
-            out = kept - F.pad(tail[..., : length - window], (window, 0))
-        if self.bidirectional:
-            forward_part, backward_part = out.chunk(2, dim=0)
-            out = forward_part + backward_part.flip(-1)
-        return out
-
-    # ------------------------------------------------------ incremental steps
-    def _step(self, x: Tensor, incremental_state: IncrementalState) -> Tensor:
-        """Causal EMA of new tokens given the saved state.
-
-        Args:
-            x: ``S x B x D`` new inputs (compute dtype, zero at pads).
-
-        Returns:
-            ``S x B x D``; updates the ``"ema_state"`` buffer: ``prev_state``
-            (``B x D x N``) without truncation, ``prev_inputs`` (the last
-            ``W - 1`` inputs, ``B x D x (W-1)``) with truncation ``W``.
-        """
-        buffer = self._get_input_buffer(incremental_state)
-        steps = x.size(0)
-        window = self.window
-        if window is not None:
-            out = self._windowed_step(x, buffer, window)
-        elif steps == 1:
-            # plain recurrence, no FFT: h = q h + p beta x ; y = sum_n c h
-            q, p_beta, _, c = self._coefficients(x.dtype)
-            new_state = x[0].unsqueeze(-1) * p_beta
-            state = buffer.get("prev_state")
-            if state is not None:
-                new_state = new_state + q * state.to(x.dtype)
-            buffer["prev_state"] = new_state
-            out = (new_state * c).sum(-1).unsqueeze(0)
-        else:
-            out = self._multi_token_step(x, buffer)
-        self._set_input_buffer(incremental_state, buffer)
-        return out
-
-    def _multi_token_step(self, x: Tensor, buffer: Dict[str, Optional[Tensor]]) -> Tensor:
-        """Several new tokens (``S x B x D``): whole-block EMA plus the read-out of the carried state."""
-        _, p_beta, log_q, c = self._coefficients(x.dtype)
-        steps = x.size(0)
-        x_channels = x.permute(2, 1, 0)  # D x B x S
-        out = self._convolve(x_channels)
-        to_end = p_beta.unsqueeze(-1) * geometric_powers(log_q, 0, steps).flip(-1)
-        new_state = torch.einsum("dbs,dns->bdn", x_channels, to_end)
-        state = buffer.get("prev_state")
-        if state is not None:
-            state = state.to(x.dtype)
-            read_out = c.unsqueeze(-1) * geometric_powers(log_q, 1, steps)
-            out = out + torch.einsum("bdn,dns->dbs", state, read_out)
-            new_state = new_state + torch.exp(log_q * float(steps)) * state
-        buffer["prev_state"] = new_state
-        return out.permute(2, 1, 0)
-
-    def _windowed_step(self, x: Tensor, buffer: Dict[str, Optional[Tensor]], window: int) -> Tensor:
-        """Exact truncated EMA of ``S x B x D`` new tokens from the last ``W - 1`` inputs."""
-        x_bdt = x.permute(1, 2, 0)  # B x D x S
-        previous = buffer.get("prev_inputs")
-        if previous is None:
-            previous = x_bdt.new_zeros(x_bdt.size(0), x_bdt.size(1), window - 1)
-        span = torch.cat([previous.to(x.dtype), x_bdt], dim=-1)  # B x D x (W - 1 + S)
-        buffer["prev_inputs"] = span[..., span.size(-1) - (window - 1):]
-        if x.size(0) == 1:
-            kernel = self._kernel(window, x.dtype)  # D x W
-            return (span * kernel.flip(-1)).sum(-1).unsqueeze(0)
-        out = self._convolve(span.permute(1, 0, 2))[..., window - 1:]  # D x B x S
-        return out.permute(2, 1, 0)
+    @chunk_block.setter
+    def chunk_block(self, value):
+        raise AttributeError("MultiHeadEMA.chunk_block was renamed scan_block (the blocked scan's block length)")
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -338,13 +200,16 @@ class MultiHeadEMA(nn.Module):
         """Apply the EMA sub-layer.
 
         Args:
-            x: ``T x B x D`` input.
+            x: ``T x B x D`` floating-point input; ``T = 0`` gives an empty output.
             padding_mask: optional ``B x T`` bool mask, True at pads (pads are
                 zeroed before the EMA). In incremental mode a wider mask
                 (covering earlier steps too) is accepted; its last ``T``
                 columns are used.
             incremental_state: fairseq incremental state (causal EMA only);
-                ``x`` then holds the new tokens, one or several.
+                ``x`` then holds the new tokens, one or several. Saved under
+                ``"ema_state"``: ``prev_state`` (``B x D x N``) without truncation,
+                ``prev_inputs`` (the last ``W - 1`` inputs, ``B x D x (W-1)``)
+                with truncation ``W``.
 
         Returns:
             ``T x B x D``: ``silu(EMA(x) + omega * x)`` in the dtype of ``x``.
@@ -355,6 +220,8 @@ class MultiHeadEMA(nn.Module):
                     self.embed_dim, tuple(x.shape)
                 )
             )
+        if not x.is_floating_point():
+            raise TypeError("x must be a floating-point tensor (float16/bfloat16/float32/float64), got dtype {}".format(x.dtype))
         if incremental_state is not None and self.bidirectional:
             raise ValueError(
                 "incremental_state must be None for a bidirectional MultiHeadEMA: "
@@ -369,16 +236,24 @@ class MultiHeadEMA(nn.Module):
             # masked_fill (not a product) so that NaN/inf at pads cannot leak into the convolution
             x_conv = x_compute.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
 
-        if incremental_state is not None:
-            ema = self._step(x_conv, incremental_state)
-        elif self._pick_algorithm(seq_len, bsz) == "toeplitz":
-            kernel = self._kernel(seq_len, x_conv.dtype)
-            if self.bidirectional:
-                ema = toeplitz_conv_tbd(x_conv, kernel[: self.embed_dim], kernel[self.embed_dim:])
-            else:
-                ema = toeplitz_conv_tbd(x_conv, kernel)
+        q, p_beta, gamma, memo = self._coefficients(compute_dtype)
+        options = dict(
+            bidirectional=self.bidirectional, window=self.window, algorithm=self.conv_algorithm,
+            scan_block=self.scan_block, memo=memo,
+        )
+        if incremental_state is None:
+            ema = multi_head_ema(x_conv, q, p_beta, gamma, **options)
         else:
-            ema = self._convolve(x_conv.permute(2, 1, 0)).permute(2, 1, 0)  # via D x B x T
+            buffer = self._get_input_buffer(incremental_state)
+            key = "prev_state" if self.window is None else "prev_inputs"
+            state = buffer.get(key)
+            if state is not None and state.size(0) != bsz:
+                raise ValueError(
+                    "incremental_state holds batch size {} but x has batch size {}: call reorder_incremental_state "
+                    "to move the state to the new batch, or start from a fresh incremental_state".format(state.size(0), bsz)
+                )
+            ema, buffer[key] = multi_head_ema(x_conv, q, p_beta, gamma, initial_state=state, return_last_state=True, **options)
+            self._set_input_buffer(incremental_state, buffer)
         # residual first, so the sum (and everything after it) is laid out Time x Batch x D;
         # in place: the product's backward does not need its output
         out = (x_compute * self.omega.to(compute_dtype)).add_(ema)

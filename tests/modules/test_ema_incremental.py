@@ -1,25 +1,22 @@
 """MultiHeadEMA beyond the official code: truncation, multi-token steps, padding, beam reordering.
 
 Whole-sequence outputs are pinned to the official fixtures in
-``test_ema_reference.py``; here the truncated kernel is checked against a
+``test_ema_module.py`` and every path to the reference recurrence in ``test_ema_op.py``; here the truncated kernel is checked against a
 direct windowed sum of the official kernel, and incremental decoding against
 the whole-sequence forward.
 """
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
 
-from helpers import REFERENCE_DIR
-from helpers import max_diff
+from helpers import load_fixture, max_diff
 TOL = 1e-5
 
 
 def load_reference(name, **overrides):
-    record = torch.load(REFERENCE_DIR / "{}.pt".format(name), weights_only=True)
+    record = load_fixture(name)
     config = dict(record["config"], **overrides)
     module = MultiHeadEMA(**config)
     module.load_state_dict(record["state_dict"], strict=True)
@@ -73,10 +70,10 @@ def test_non_positive_truncation_means_none(name, truncation):
 
 
 @pytest.mark.parametrize("window", [1, 4, 12, 13, 40])
-@pytest.mark.parametrize("algorithm,block", [("toeplitz", None), ("fft", None), ("chunked", 3), ("chunked", 5)])
+@pytest.mark.parametrize("algorithm,block", [("toeplitz", None), ("fft", None), ("blocked_scan", 3), ("blocked_scan", 5)])
 def test_truncated_full_forward_is_windowed_official_kernel(window, algorithm, block):
     module, record = load_reference("ema_causal", truncation=window)
-    module.conv_algorithm, module.chunk_block = algorithm, block
+    module.conv_algorithm, module.scan_block = algorithm, block
     x, kernel = record["inputs"]["x"], record["outputs"]["kernel"]
     with torch.no_grad():
         out = module(x)
@@ -84,10 +81,10 @@ def test_truncated_full_forward_is_windowed_official_kernel(window, algorithm, b
 
 
 @pytest.mark.parametrize("window", [1, 3, 11])
-@pytest.mark.parametrize("algorithm,block", [("toeplitz", None), ("fft", None), ("chunked", 4)])
+@pytest.mark.parametrize("algorithm,block", [("toeplitz", None), ("fft", None), ("blocked_scan", 4)])
 def test_truncated_bidirectional_is_windowed_official_kernel(window, algorithm, block):
     module, record = load_reference("ema_bidirectional", truncation=window)
-    module.conv_algorithm, module.chunk_block = algorithm, block
+    module.conv_algorithm, module.scan_block = algorithm, block
     inputs, kernel = record["inputs"], record["outputs"]["kernel"]
     dim = module.embed_dim
     with torch.no_grad():
@@ -113,11 +110,11 @@ def test_truncated_decoding_is_exact(window, splits):
 
 
 # --------------------------------------------------------- multi-token steps
-@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "chunked"])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "blocked_scan"])
 @pytest.mark.parametrize("splits", [[7, 1, 1, 1, 3, 10, 1], [1, 1, 2, 30, 1], [40, 1, 1]])
 def test_multi_token_steps_equal_full_forward(algorithm, splits):
     module = random_ema(seed=1)
-    module.conv_algorithm, module.chunk_block = algorithm, 4
+    module.conv_algorithm, module.scan_block = algorithm, 4
     x = torch.randn(sum(splits), 3, module.embed_dim)
     with torch.no_grad():
         full = module(x)
@@ -144,10 +141,10 @@ def test_one_token_step_does_no_fft(monkeypatch):
 
 # ------------------------------------------------------------------- padding
 @pytest.mark.parametrize("name", ["ema_causal", "ema_bidirectional"])
-@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "chunked"])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "blocked_scan"])
 def test_padding_never_leaks_and_gives_no_nan(name, algorithm):
     module, record = load_reference(name)
-    module.conv_algorithm, module.chunk_block = algorithm, 3
+    module.conv_algorithm, module.scan_block = algorithm, 3
     x = record["inputs"]["x"][:, :2].clone()  # T x 2 x D
     length = x.size(0)
     real = 7

@@ -6,13 +6,14 @@
 * the CPU dropout: keep rate, scaling, gradient, and only in training mode.
 
 Parity of whole modules with the official fixtures (which now run through these paths) is in
-``test_ema_reference.py``, ``test_modules_parity.py`` and ``test_mega_model_parity.py``.
+``test_ema_module.py`` (each EMA path also against the reference recurrence in
+``test_ema_op.py``), ``test_parity.py`` and ``tests/models/test_model_parity.py``.
 """
 import pytest
 import torch
 
-from mega_fairseq.modules.ema_fft import fft_bidirectional_conv, fft_causal_conv
-from mega_fairseq.modules.ema_toeplitz import toeplitz_conv, toeplitz_conv_tbd
+from mega_fairseq.modules.ema_fft import fft_conv
+from mega_fairseq.modules.ema_toeplitz import toeplitz_conv_tbd
 from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
 from mega_fairseq.modules.fairseq_dropout import FairseqDropout, element_dropout
 from mega_fairseq.modules.simple_relative_positional_bias import SimpleRelativePositionalBias
@@ -34,13 +35,10 @@ def test_toeplitz_from_lags_layout_and_gradcheck():
 @pytest.mark.parametrize("taps", [9, 4, 1])
 def test_toeplitz_conv_equals_fft(taps):
     torch.manual_seed(taps)
-    x = torch.randn(5, 3, 9, dtype=torch.float64)  # D x B x L
+    x = torch.randn(9, 3, 5, dtype=torch.float64)  # Time x Batch x D
     forward, backward = torch.randn(5, taps, dtype=torch.float64), torch.randn(5, taps, dtype=torch.float64)
-    assert (toeplitz_conv(x, forward) - fft_causal_conv(x, forward)).abs().max() < 1e-12
-    two_sided = toeplitz_conv(x, forward, backward)
-    assert (two_sided - fft_bidirectional_conv(x, forward, backward)).abs().max() < 1e-12
-    tbd = toeplitz_conv_tbd(x.permute(2, 1, 0), forward, backward)  # Time x Batch x D in and out
-    assert (tbd - two_sided.permute(2, 1, 0)).abs().max() < 1e-12
+    assert (toeplitz_conv_tbd(x, forward) - fft_conv(x, forward)).abs().max() < 1e-12
+    assert (toeplitz_conv_tbd(x, forward, backward) - fft_conv(x, forward, backward)).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -1,0 +1,245 @@
+"""The Mega EMA as one functional op: every algorithm and streaming mode behind one entry point.
+
+:func:`multi_head_ema` takes the input (Time x Batch x D), the EMA coefficients and the options,
+and is the only place that decides how the EMA is computed. Its definition is the plain
+recurrence :func:`~.ema_reference.ema_reference`, which takes the same arguments; the tests pair
+the two on a grid of lengths (up to several thousand steps), values and gradients.
+
+Whole sequences (no ``initial_state``, no ``return_last_state``) use ``algorithm``:
+
+* ``"toeplitz"``: one dense ``T x T`` Toeplitz matmul per channel (:mod:`.ema_toeplitz`);
+* ``"fft"``: FFT convolution along time (:mod:`.ema_fft`);
+* ``"blocked_scan"``: blocks of ``scan_block`` steps, in-block Toeplitz matmuls plus a scan of the
+  N-dimensional state across blocks (:mod:`.ema_blocked_scan`);
+* ``"auto"``: Toeplitz up to 64 steps, then the blocked scan from 96 steps or 2048 tokens per
+  call, the FFT in between (measured with ``benchmarks/bench_ema.py``).
+
+Streaming (``initial_state`` and/or ``return_last_state``, causal only) continues a sequence from
+a saved state and hands back the state after the last input, so a prefill's last state feeds the
+decoding steps. The state is what makes the continuation exact:
+
+* untruncated: the ``B x D x N`` EMA state ``h``. One new token runs the recurrence (no FFT,
+  no kernel); several run the blocked scan started from that state, which returns its last state;
+* truncated to ``window = W`` taps: the previous ``W - 1`` inputs, ``B x D x (W - 1)``, oldest
+  first. The new tokens are convolved together with them (one token: a ``W``-tap dot product),
+  so a step costs the same at any position.
+
+``algorithm`` only chooses among the whole-sequence methods; streaming calls are served as
+described above (the truncated multi-token case uses ``algorithm`` on the window plus new tokens).
+"""
+
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .ema_blocked_scan import blocked_scan_ema
+from .ema_fft import fft_conv
+from .ema_kernel import ema_kernel
+from .ema_toeplitz import toeplitz_conv_tbd
+
+ALGORITHMS = ("auto", "toeplitz", "fft", "blocked_scan")
+DEFAULT_SCAN_BLOCK = 64  # best or tied in benchmarks/bench_ema.py (block 32 / 64 / 128)
+# Measured with benchmarks/bench_ema.py (CPU, forward + backward): one dense L x L matmul per
+# channel is fastest up to 64 steps; the FFT wins only for small calls (fixed cost of the
+# blocked scan's small matmuls); with 8192 tokens per call the blocked scan is ~2x faster at
+# L=32, ~4x at 2048 and ~10x at 8192-16384, and its cost per token stays flat.
+TOEPLITZ_MAX_LENGTH = 64
+BLOCKED_SCAN_MIN_LENGTH = 96
+BLOCKED_SCAN_MIN_TOKENS = 2048
+
+
+def pick_algorithm(algorithm: str, length: int, bsz: int) -> str:
+    """The whole-sequence algorithm that ``algorithm`` (one of :data:`ALGORITHMS`) means for ``length x bsz``."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            "algorithm (MultiHeadEMA.conv_algorithm) must be one of {}, got {!r}".format(ALGORITHMS, algorithm)
+        )
+    if algorithm != "auto":
+        return algorithm
+    if length <= TOEPLITZ_MAX_LENGTH:
+        return "toeplitz"
+    if length >= BLOCKED_SCAN_MIN_LENGTH or length * bsz >= BLOCKED_SCAN_MIN_TOKENS:
+        return "blocked_scan"
+    return "fft"
+
+
+class _Coefficients:
+    """``q``, ``p_beta``, ``gamma`` (``R x N``) and what is derived from them, memoised in ``memo``."""
+
+    def __init__(self, q: Tensor, p_beta: Tensor, gamma: Tensor, memo: Optional[Dict[str, Tensor]]):
+        self.q, self.p_beta, self.gamma = q, p_beta, gamma
+        self.memo = {} if memo is None else memo
+
+    @property
+    def log_q(self) -> Tensor:
+        if "log_q" not in self.memo:
+            self.memo["log_q"] = torch.log(self.q)
+        return self.memo["log_q"]
+
+    def kernel(self, taps: int) -> Tensor:
+        """``R x taps`` kernel; the longest one built is kept and sliced."""
+        cached = self.memo.get("kernel")
+        if cached is None or cached.size(-1) < taps:
+            cached = ema_kernel(self.p_beta, self.log_q, self.gamma, taps)
+            self.memo["kernel"] = cached
+        return cached[:, :taps]
+
+
+def _time_first(out: Tensor) -> Tensor:
+    """``R x B x T`` -> ``T x B x R`` view whose gradient is made contiguous once, not in every consumer."""
+    if out.requires_grad:
+        out.register_hook(lambda grad: None if grad is None else grad.contiguous())
+    return out.permute(2, 1, 0)
+
+
+def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool, block: int) -> Tensor:
+    """Whole-sequence blocked scan of ``T x B x D`` input; returns ``T x B x D``."""
+    length = x.size(0)
+    p_beta, log_q, gamma = coefficients.p_beta, coefficients.log_q, coefficients.gamma
+    rows = x.permute(2, 1, 0).contiguous()  # D x B x T: the one layout copy in
+    if bidirectional:  # the anti-causal half is the causal EMA of the time-reversed input
+        rows = torch.cat([rows, rows.flip(-1)], dim=0)
+    truncated = window is not None and window < length
+    if truncated:
+        # taps m >= W, removed: the same EMA with gamma * q^W, delayed by W steps
+        rows = torch.cat([rows, rows], dim=0)
+        gamma = torch.cat([gamma, gamma * torch.exp(log_q * float(window))], dim=0)
+        p_beta, log_q = p_beta.repeat(2, 1), log_q.repeat(2, 1)
+    out = blocked_scan_ema(rows, p_beta, log_q, gamma, block)
+    if truncated:
+        kept, tail = out.chunk(2, dim=0)
+        out = kept - torch.nn.functional.pad(tail[..., : length - window], (window, 0))
+    if bidirectional:
+        forward_part, backward_part = out.chunk(2, dim=0)
+        out = forward_part + backward_part.flip(-1)
+    return _time_first(out)
+
+
+def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool,
+                    algorithm: str, block: int) -> Tensor:
+    """Stateless EMA of a whole ``T x B x D`` sequence by the chosen algorithm."""
+    length = x.size(0)
+    chosen = pick_algorithm(algorithm, length, x.size(1))
+    if chosen == "blocked_scan":
+        return _blocked_scan(x, coefficients, dim, window, bidirectional, block)
+    kernel = coefficients.kernel(length if window is None else min(window, length))
+    forward_kernel, backward_kernel = (kernel[:dim], kernel[dim:]) if bidirectional else (kernel, None)
+    if chosen == "toeplitz":
+        return toeplitz_conv_tbd(x, forward_kernel, backward_kernel)
+    return fft_conv(x, forward_kernel, backward_kernel)
+
+
+def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], algorithm: str, block: int,
+            initial_state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Causal EMA of ``T x B x D`` new inputs after ``initial_state``; returns (output, last state)."""
+    length, bsz, _ = x.shape
+    if window is not None:
+        previous = initial_state if initial_state is not None else x.new_zeros(bsz, dim, window - 1)
+        span = torch.cat([previous.permute(2, 0, 1), x], dim=0)  # (W - 1 + T) x B x D
+        if length == 1:
+            # y = sum_m k[m] x[t - m]: span row W - 1 - m holds x[t - m]
+            out = torch.einsum("wbd,dw->bd", span, coefficients.kernel(window).flip(-1)).unsqueeze(0)
+        else:
+            out = _whole_sequence(span, coefficients, dim, window, False, algorithm, block)[window - 1:]
+        return out, span[span.size(0) - (window - 1):].permute(1, 2, 0)
+    if length == 1:  # the recurrence: h = q h + p_beta x ; y = sum_n gamma h
+        state = x[0].unsqueeze(-1) * coefficients.p_beta
+        if initial_state is not None:
+            state = state + coefficients.q * initial_state
+        return (state * coefficients.gamma).sum(-1).unsqueeze(0), state
+    start = None if initial_state is None else initial_state.transpose(0, 1)  # D x B x N
+    out, last = blocked_scan_ema(
+        x.permute(2, 1, 0), coefficients.p_beta, coefficients.log_q, coefficients.gamma, block,
+        initial_state=start, return_last_state=True,
+    )
+    return out.permute(2, 1, 0), last.transpose(0, 1)
+
+
+def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state):
+    if x.dim() != 3:
+        raise ValueError("x must be Time x Batch x D, got shape {}".format(tuple(x.shape)))
+    if not x.is_floating_point():
+        raise TypeError("x must be a floating-point tensor, got dtype {}".format(x.dtype))
+    rows = 2 * x.size(-1) if bidirectional else x.size(-1)
+    for name, value in (("q", q), ("p_beta", p_beta), ("gamma", gamma)):
+        if value.dim() != 2 or value.size(0) != rows or value.shape != q.shape:
+            raise ValueError(
+                "{} must be {} x N ({} rows for D = {}, bidirectional={}), got shape {}".format(
+                    name, rows, rows, x.size(-1), bidirectional, tuple(value.shape)
+                )
+            )
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ValueError("window must be None or a positive int, got {!r}".format(window))
+    if scan_block is not None and (not isinstance(scan_block, int) or scan_block < 1):
+        raise ValueError("scan_block (MultiHeadEMA.scan_block) must be None or a positive int, got {!r}".format(scan_block))
+    if bidirectional and (initial_state is not None or return_last_state):
+        raise ValueError("initial_state and return_last_state need bidirectional=False (the anti-causal EMA has no state)")
+    if initial_state is not None:
+        expected = (x.size(1), x.size(-1), q.size(-1) if window is None else window - 1)
+        if initial_state.dim() == 3 and initial_state.size(0) != x.size(1):
+            raise ValueError(
+                "initial_state holds batch size {} but x has batch size {}: reorder the state to the new batch "
+                "(reorder_incremental_state) or reset it".format(initial_state.size(0), x.size(1))
+            )
+        if tuple(initial_state.shape) != expected:
+            raise ValueError(
+                "initial_state must be Batch x D x {} = {}, got shape {}".format(
+                    "N" if window is None else "(window - 1)", expected, tuple(initial_state.shape)
+                )
+            )
+
+
+def multi_head_ema(
+    x: Tensor,
+    q: Tensor,
+    p_beta: Tensor,
+    gamma: Tensor,
+    *,
+    bidirectional: bool = False,
+    window: Optional[int] = None,
+    algorithm: str = "auto",
+    scan_block: Optional[int] = None,
+    initial_state: Optional[Tensor] = None,
+    return_last_state: bool = False,
+    memo: Optional[Dict[str, Tensor]] = None,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Mega's multi-dimensional damped EMA of ``x`` (no ``omega`` residual, no activation).
+
+    Args:
+        x: ``T x B x D`` input, floating point, zero at padded positions; ``T = 0`` is allowed.
+        q, p_beta, gamma: ``R x N`` coefficients: ``q = 1 - p * sigmoid(alpha)``,
+            ``p_beta = p * beta``, ``gamma = gamma * sqrt(1/N)``; ``R = D``, or ``2 D`` when
+            ``bidirectional`` (rows ``D..2D-1`` are the anti-causal EMA). In ``x``'s dtype.
+        bidirectional: add the anti-causal EMA (lag 0 counted by both directions).
+        window: keep only the first ``window`` kernel taps; None = all.
+        algorithm: whole-sequence algorithm, one of :data:`ALGORITHMS` (see the module docstring).
+        scan_block: block length of the blocked scan; None = :data:`DEFAULT_SCAN_BLOCK`.
+        initial_state: causal only; the state before ``x`` (``B x D x N``, or the previous
+            ``W - 1`` inputs ``B x D x (W - 1)`` with a window). None = start of a sequence.
+        return_last_state: also return the state after ``x``, in the same layout.
+        memo: optional dict kept by the caller for derived tensors (``log q``, kernel taps) of these
+            exact coefficients; the caller must drop it when the coefficients change.
+
+    Returns:
+        ``T x B x D`` output (possibly a strided view), and the last state when
+        ``return_last_state``.
+    """
+    _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state)
+    pick_algorithm(algorithm, 1, 1)  # reject a bad name on every call, not only when it is used
+    length, bsz, dim = x.shape
+    block = DEFAULT_SCAN_BLOCK if scan_block is None else scan_block
+    coefficients = _Coefficients(q, p_beta, gamma, memo)
+    if initial_state is not None:
+        initial_state = initial_state.to(x.dtype)
+    if length == 0:
+        out = x.new_zeros(x.shape)
+        if not return_last_state:
+            return out
+        if initial_state is None:
+            initial_state = x.new_zeros(bsz, dim, q.size(-1) if window is None else window - 1)
+        return out, initial_state
+    if initial_state is None and not return_last_state:
+        return _whole_sequence(x, coefficients, dim, window, bidirectional, algorithm, block)
+    out, last_state = _stream(x, coefficients, dim, window, algorithm, block, initial_state)
+    return (out, last_state) if return_last_state else out

@@ -1,0 +1,202 @@
+"""The EMA op (``multi_head_ema``) against its plain-recurrence reference (``ema_reference``).
+
+Every path is paired with the reference, values and gradients (of the input, the three
+coefficient tensors and the initial state), in float64:
+
+* whole sequences: dense Toeplitz, FFT, blocked scan (default and odd block lengths), ``auto``;
+  causal and bidirectional; untruncated, truncated, window longer than the sequence;
+* streaming: one-token steps, multi-token steps, prefill handing its last state to decoding;
+* lengths from 1 to 5000 (the long cases use D=4, N=2, B=1 to stay fast; the dense Toeplitz
+  path is left out there: it would build a 5000 x 5000 matrix per channel).
+
+Gradients are compared through ``sum(output * random weights)``.
+"""
+import pytest
+import torch
+
+from mega_fairseq.modules.ema_op import ALGORITHMS, multi_head_ema, pick_algorithm
+from mega_fairseq.modules.ema_reference import ema_reference
+from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
+
+from helpers import max_diff
+
+TOL = 1e-9  # relative to the largest reference value; both run in float64
+
+WHOLE_SEQUENCE_PATHS = [("toeplitz", None), ("fft", None), ("blocked_scan", None), ("blocked_scan", 3), ("auto", None)]
+LONG_PATHS = [("fft", None), ("blocked_scan", None), ("blocked_scan", 100), ("auto", None)]
+
+
+def random_coefficients(rows, ndim, seed):
+    """``q, p_beta, gamma`` (``rows x ndim``, float64, requiring grad) with fast and very slow decays."""
+    generator = torch.Generator().manual_seed(seed)
+    # 1 - q spread over 1e-4 .. 0.5: some EMAs forget in a step, some remember thousands of steps
+    one_minus_q = 10.0 ** (-4.0 + 3.7 * torch.rand(rows, ndim, generator=generator, dtype=torch.float64))
+    q = (1.0 - one_minus_q).requires_grad_(True)
+    p_beta = torch.randn(rows, ndim, generator=generator, dtype=torch.float64).requires_grad_(True)
+    gamma = torch.randn(rows, ndim, generator=generator, dtype=torch.float64).requires_grad_(True)
+    return q, p_beta, gamma
+
+
+def random_input(length, bsz, dim, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(length, bsz, dim, generator=generator, dtype=torch.float64).requires_grad_(True)
+
+
+def values_and_gradients(outputs, leaves, seed):
+    """The outputs and the gradients of ``sum(output * random weights)`` w.r.t. every leaf."""
+    generator = torch.Generator().manual_seed(seed)
+    loss = sum((out * torch.randn(out.shape, generator=generator, dtype=out.dtype)).sum() for out in outputs)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [out.detach() for out in outputs] + [g if g is not None else torch.zeros_like(l) for g, l in zip(grads, leaves)]
+
+
+def assert_close(fast, reference, what):
+    names = ["output", "last state", "grad x", "grad q", "grad p_beta", "grad gamma", "grad initial state"]
+    for index, (a, b) in enumerate(zip(fast, reference)):
+        assert a.shape == b.shape, (what, index)
+        if b.numel() == 0:
+            continue
+        scale = max(b.abs().max().item(), 1.0)
+        assert max_diff(a, b) <= TOL * scale, (what, names[index] if len(fast) == 7 else index, max_diff(a, b), scale)
+
+
+# ------------------------------------------------------------------ whole sequences
+def check_whole_sequence(length, bsz, dim, ndim, bidirectional, window, paths, seed):
+    q, p_beta, gamma = random_coefficients(2 * dim if bidirectional else dim, ndim, seed)
+    x = random_input(length, bsz, dim, seed + 1)
+    leaves = [x, q, p_beta, gamma]
+    expected = values_and_gradients(
+        [ema_reference(x, q, p_beta, gamma, bidirectional=bidirectional, window=window)], leaves, seed
+    )
+    for algorithm, block in paths:
+        out = multi_head_ema(
+            x, q, p_beta, gamma, bidirectional=bidirectional, window=window, algorithm=algorithm, scan_block=block
+        )
+        assert_close(values_and_gradients([out], leaves, seed), expected, (algorithm, block))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("window", [None, 1, 5, 200])
+@pytest.mark.parametrize("length", [1, 7, 64, 100])
+def test_whole_sequence_paths_equal_reference(length, bidirectional, window):
+    check_whole_sequence(length, 2, 3, 2, bidirectional, window, WHOLE_SEQUENCE_PATHS, seed=length)
+
+
+@pytest.mark.parametrize("window", [None, 700])
+@pytest.mark.parametrize("length,bidirectional", [(5000, False), (4096, True)])
+def test_long_whole_sequence_paths_equal_reference(length, bidirectional, window):
+    check_whole_sequence(length, 1, 4, 2, bidirectional, window, LONG_PATHS, seed=length + 7)
+
+
+# ------------------------------------------------------------------------- streaming
+def check_streaming(splits, bsz, dim, ndim, window, scan_block, seed, with_initial_state=True):
+    """Decoding ``x`` in pieces (``splits``), each piece starting from the previous piece's last
+    state, equals the reference on the whole sequence: outputs, last state and every gradient."""
+    q, p_beta, gamma = random_coefficients(dim, ndim, seed)
+    x = random_input(sum(splits), bsz, dim, seed + 1)
+    state_size = ndim if window is None else window - 1
+    initial = torch.randn(bsz, dim, state_size, dtype=torch.float64) if with_initial_state else None
+    leaves = [x, q, p_beta, gamma] + ([initial.requires_grad_(True)] if with_initial_state else [])
+    expected = values_and_gradients(
+        list(ema_reference(x, q, p_beta, gamma, window=window, initial_state=initial, return_last_state=True)),
+        leaves,
+        seed,
+    )
+    pieces, state, start = [], initial, 0
+    for size in splits:
+        out, state = multi_head_ema(
+            x[start : start + size], q, p_beta, gamma, window=window, scan_block=scan_block,
+            initial_state=state, return_last_state=True,
+        )
+        pieces.append(out)
+        start += size
+    assert_close(values_and_gradients([torch.cat(pieces), state], leaves, seed), expected, splits)
+
+
+@pytest.mark.parametrize("window", [None, 1, 4])
+@pytest.mark.parametrize(
+    "splits", [[1] * 9, [5, 1, 1, 17, 3], [2, 30], [40]], ids=["one-token", "mixed", "two", "prefill-only"]
+)
+@pytest.mark.parametrize("with_initial_state", [False, True])
+def test_streaming_steps_equal_reference(splits, window, with_initial_state):
+    check_streaming(splits, 2, 3, 2, window, scan_block=4, seed=len(splits), with_initial_state=with_initial_state)
+
+
+@pytest.mark.parametrize("window", [None, 700])
+def test_long_prefill_hands_its_state_to_decoding(window):
+    """A 4096-step prefill (blocked scan) returns its last state; one-token and multi-token steps
+    continue from it exactly, values and gradients through the whole chain."""
+    check_streaming([4096, 1, 1, 37, 1], 1, 4, 2, window, scan_block=None, seed=11, with_initial_state=False)
+
+
+@pytest.mark.parametrize("length", [4095, 4100])
+def test_blocked_scan_last_state_of_partial_last_block(length):
+    """The last state is exact whether the last block is full or partial (padded inside the scan)."""
+    check_streaming([length], 1, 4, 2, None, scan_block=64, seed=length, with_initial_state=True)
+
+
+# ---------------------------------------------------------------------- edge cases
+def test_empty_sequence_gives_empty_output_and_keeps_the_state():
+    q, p_beta, gamma = random_coefficients(3, 2, 0)
+    x = torch.zeros(0, 2, 3, dtype=torch.float64)
+    assert multi_head_ema(x, q, p_beta, gamma).shape == (0, 2, 3)
+    state = torch.randn(2, 3, 2, dtype=torch.float64)
+    out, last = multi_head_ema(x, q, p_beta, gamma, initial_state=state, return_last_state=True)
+    assert out.shape == (0, 2, 3) and torch.equal(last, state)
+    module = MultiHeadEMA(3, ndim=2)
+    assert module(torch.zeros(0, 2, 3)).shape == (0, 2, 3)
+    incremental = {}
+    module(torch.randn(2, 2, 3), incremental_state=incremental)
+    saved = module._get_input_buffer(incremental)["prev_state"].clone()
+    assert module(torch.zeros(0, 2, 3), incremental_state=incremental).shape == (0, 2, 3)
+    assert torch.equal(module._get_input_buffer(incremental)["prev_state"], saved)
+
+
+def test_integer_input_is_rejected_naming_the_dtype():
+    module = MultiHeadEMA(3, ndim=2)
+    with pytest.raises(TypeError, match="int64"):
+        module(torch.ones(4, 2, 3, dtype=torch.int64))
+    q, p_beta, gamma = random_coefficients(3, 2, 0)
+    with pytest.raises(TypeError, match="int64"):
+        multi_head_ema(torch.ones(4, 2, 3, dtype=torch.int64), q, p_beta, gamma)
+
+
+@pytest.mark.parametrize("first,second", [(1, 5), (3, 2)])
+@pytest.mark.parametrize("truncation", [None, 4])
+def test_state_of_another_batch_size_is_a_clear_error(first, second, truncation):
+    module = MultiHeadEMA(3, ndim=2, truncation=truncation).eval()
+    state = {}
+    with torch.no_grad():
+        module(torch.randn(2, first, 3), incremental_state=state)
+        with pytest.raises(ValueError, match=r"batch size {}.*batch size {}.*reorder_incremental_state".format(first, second)):
+            module(torch.randn(1, second, 3), incremental_state=state)
+    q, p_beta, gamma = random_coefficients(3, 2, 0)
+    with pytest.raises(ValueError, match=r"initial_state holds batch size {} but x has batch size {}".format(first, second)):
+        multi_head_ema(torch.randn(1, second, 3, dtype=torch.float64), q, p_beta, gamma,
+                       initial_state=torch.zeros(first, 3, 2, dtype=torch.float64))
+
+
+def test_algorithm_names_and_old_names_are_rejected():
+    assert ALGORITHMS == ("auto", "toeplitz", "fft", "blocked_scan")
+    q, p_beta, gamma = random_coefficients(3, 2, 0)
+    x = torch.randn(5, 1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="blocked_scan"):
+        multi_head_ema(x, q, p_beta, gamma, algorithm="chunked")
+    module = MultiHeadEMA(3, ndim=2)
+    module.conv_algorithm = "chunked"
+    with pytest.raises(ValueError, match="conv_algorithm"):
+        module(torch.randn(5, 1, 3))
+    with pytest.raises(AttributeError, match="scan_block"):
+        module.chunk_block = 4
+    with pytest.raises(ValueError, match="scan_block"):
+        multi_head_ema(x, q, p_beta, gamma, scan_block=0)
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        q2, p2, g2 = random_coefficients(6, 2, 0)
+        multi_head_ema(x, q2, p2, g2, bidirectional=True, return_last_state=True)
+
+
+def test_auto_rule():
+    assert pick_algorithm("auto", 64, 1000) == "toeplitz"
+    assert pick_algorithm("auto", 80, 2) == "fft"
+    assert pick_algorithm("auto", 80, 40) == "blocked_scan"
+    assert pick_algorithm("auto", 96, 1) == "blocked_scan"
