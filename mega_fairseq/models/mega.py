@@ -7,15 +7,15 @@
 import logging
 from typing import Dict, List, Optional, Tuple
 
-import torch.nn as nn
-from fairseq import utils
 from fairseq.models import FairseqEncoderDecoderModel, register_model
 from torch import Tensor
 
 from mega_fairseq.models.arch_presets import register_presets
-from mega_fairseq.models.mega_config import MEGA_PRESETS, MegaConfig, as_namespace, resolve_derived_defaults
+from mega_fairseq.models.mega_config import MEGA_PRESETS, MegaConfig
 from mega_fairseq.models.mega_decoder import MegaDecoder
 from mega_fairseq.models.mega_encoder import MegaEncoder
+from mega_fairseq.models.mega_settings import read_settings
+from mega_fairseq.models.token_embedding import build_embedding, check_dictionary_matches
 
 logger = logging.getLogger(__name__)
 
@@ -27,54 +27,45 @@ logger = logging.getLogger(__name__)
 HUB_ARG_OVERRIDES = {"eval_bleu": False}
 
 
-def build_embedding(dictionary, embed_dim: int, path: Optional[str] = None) -> nn.Embedding:
-    """Token embedding ``len(dictionary) x embed_dim``: N(0, embed_dim^-1/2), zero pad row."""
-    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
-    nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)
-    nn.init.zeros_(embedding.weight[dictionary.pad()])
-    if path:
-        utils.load_embedding(utils.parse_embedding(path), dictionary, embedding)
-    return embedding
-
-
 @register_model("mega", dataclass=MegaConfig)
 class MegaModel(FairseqEncoderDecoderModel):
     """Mega encoder-decoder: :class:`MegaEncoder` + :class:`MegaDecoder` (with cross-attention)."""
 
-    def __init__(self, args, encoder: MegaEncoder, decoder: MegaDecoder):
+    def __init__(self, settings: MegaConfig, encoder: MegaEncoder, decoder: MegaDecoder):
         super().__init__(encoder, decoder)
-        self.args = args
+        #: the resolved, typed settings the model was built from
+        self.settings = settings
         self.supports_align_args = True
 
     @classmethod
     def build_model(cls, cfg, task):
         """Build from a MegaConfig DictConfig or an argparse Namespace (e.g. an old checkpoint's).
 
-        Missing and derived settings are filled in (see :func:`resolve_derived_defaults`); the
-        resolved settings are kept as ``model.args``.
+        The settings are read once (:func:`mega_settings.read_settings`: missing ones get the
+        MegaConfig defaults, derived ones their twin's value) and kept as ``model.settings``.
         """
-        resolve_derived_defaults(cfg)
-        args = as_namespace(cfg)
+        settings = read_settings(cfg, MegaConfig)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
-        if args.share_all_embeddings:
+        if settings.share_all_embeddings:
             if src_dict != tgt_dict:
                 raise ValueError("--share-all-embeddings requires a joined dictionary "
                                  "(fairseq-preprocess --joined-dictionary)")
-            if args.encoder_embed_dim != args.decoder_embed_dim:
+            if settings.encoder_embed_dim != settings.decoder_input_dim:
                 raise ValueError("--share-all-embeddings requires --encoder-embed-dim ({}) to match "
-                                 "--decoder-embed-dim ({})".format(args.encoder_embed_dim, args.decoder_embed_dim))
-            if args.decoder_embed_path and args.decoder_embed_path != args.encoder_embed_path:
+                                 "--decoder-embed-dim ({})".format(settings.encoder_embed_dim, settings.decoder_input_dim))
+            if settings.decoder_embed_path and settings.decoder_embed_path != settings.encoder_embed_path:
                 raise ValueError("--share-all-embeddings is not compatible with --decoder-embed-path")
-            encoder_embed = build_embedding(src_dict, args.encoder_embed_dim, args.encoder_embed_path)
+            encoder_embed = build_embedding(src_dict, settings.encoder_embed_dim, settings.encoder_embed_path)
             decoder_embed = encoder_embed
-            args.share_decoder_input_output_embed = True
-            _set(cfg, "share_decoder_input_output_embed", True)
+            settings.share_decoder_input_output_embed = True
         else:
-            encoder_embed = build_embedding(src_dict, args.encoder_embed_dim, args.encoder_embed_path)
-            decoder_embed = build_embedding(tgt_dict, args.decoder_embed_dim, args.decoder_embed_path)
-        encoder = MegaEncoder(args, src_dict, encoder_embed)
-        decoder = MegaDecoder(args, tgt_dict, decoder_embed)
-        return cls(args, encoder, decoder)
+            encoder_embed = build_embedding(src_dict, settings.encoder_embed_dim, settings.encoder_embed_path)
+            decoder_embed = build_embedding(tgt_dict, settings.decoder_input_dim, settings.decoder_embed_path)
+        encoder = MegaEncoder(settings, src_dict, encoder_embed)
+        # one cross-attention bias serves both lengths: sized by the longer of the two
+        cross_positions = max(settings.max_target_positions, settings.max_source_positions)
+        decoder = MegaDecoder(settings, tgt_dict, decoder_embed, cross_max_positions=cross_positions)
+        return cls(settings, encoder, decoder)
 
     def forward(
         self,
@@ -110,16 +101,8 @@ class MegaModel(FairseqEncoderDecoderModel):
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load weights, with a clear message when the dictionary does not match the checkpoint."""
-        for prefix, dictionary in (("encoder", self.encoder.dictionary), ("decoder", self.decoder.dictionary)):
-            key = prefix + ".embed_tokens.weight"
-            if key in state_dict and state_dict[key].size(0) != len(dictionary):
-                raise ValueError(
-                    "the checkpoint's {} embedding has {} rows but the {} dictionary has {} symbols: the "
-                    "dictionary (dict.*.txt in the data directory) does not match the checkpoint; use the "
-                    "dictionary the model was trained with".format(
-                        prefix, state_dict[key].size(0), "source" if prefix == "encoder" else "target", len(dictionary)
-                    )
-                )
+        check_dictionary_matches(state_dict, "encoder.embed_tokens.weight", self.encoder.dictionary, "source")
+        check_dictionary_matches(state_dict, "decoder.embed_tokens.weight", self.decoder.dictionary, "target")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     @classmethod
@@ -148,17 +131,6 @@ class MegaModel(FairseqEncoderDecoderModel):
             **overrides,
         )
         return hub_utils.GeneratorHubInterface(loaded["args"], loaded["task"], loaded["models"])
-
-
-def _set(cfg, key, value) -> None:
-    from omegaconf import open_dict
-    from omegaconf.dictconfig import DictConfig
-
-    if isinstance(cfg, DictConfig):
-        with open_dict(cfg):
-            cfg[key] = value
-    else:
-        setattr(cfg, key, value)
 
 
 register_presets("mega", MegaConfig, MEGA_PRESETS)

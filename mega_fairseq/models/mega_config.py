@@ -5,28 +5,16 @@ Field names are the official command-line argument names of the Mega fork, so
 onto this config field by field. The dataclass defaults are the official ``base_architecture``
 values (the ``mega`` preset). Settings whose official default is "the same as another setting"
 (every ``decoder_*`` size defaults to its ``encoder_*`` twin, ``encoder_ffn_embed_dim`` to
-``encoder_hidden_dim``) are ``None`` here and resolved by :func:`resolve_derived_defaults`.
+``encoder_hidden_dim``) are ``None`` here and resolved by
+:func:`mega_fairseq.models.mega_settings.read_settings` (one table shared by every Mega model).
 """
-import argparse
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from omegaconf import II, open_dict
-from omegaconf.dictconfig import DictConfig
+from omegaconf import II
 
-from mega_fairseq.models.config_values import (
-    ACTIVATIONS,
-    ATTENTION_ACTIVATIONS,
-    NORMALIZATION_TYPES,
-    REL_POS_BIASES,
-    check_layer_choices,
-    get_value,
-    read_settings,
-)
-
-DEFAULT_MAX_SOURCE_POSITIONS = 1024
-DEFAULT_MAX_TARGET_POSITIONS = 1024
+from mega_fairseq.models.mega_settings import ACTIVATIONS, ATTENTION_ACTIVATIONS, NORMALIZATION_TYPES, REL_POS_BIASES
 
 
 @dataclass
@@ -105,80 +93,3 @@ MEGA_PRESETS: Dict[str, Dict[str, Any]] = {
         "activation_dropout": 0.1,
     },
 }
-
-# derived field -> the field whose value it takes when unset (resolved in this order)
-_DERIVED_DEFAULTS = (
-    ("encoder_ffn_embed_dim", "encoder_hidden_dim"),
-    ("decoder_embed_dim", "encoder_embed_dim"),
-    ("decoder_hidden_dim", "encoder_hidden_dim"),
-    ("decoder_ffn_embed_dim", "encoder_ffn_embed_dim"),
-    ("decoder_z_dim", "encoder_z_dim"),
-    ("decoder_n_dim", "encoder_n_dim"),
-    ("decoder_chunk_size", "encoder_chunk_size"),
-    ("decoder_input_dim", "decoder_embed_dim"),
-)
-
-
-def resolve_derived_defaults(cfg) -> None:
-    """Fill the derived and missing settings of ``cfg`` in place (argparse Namespace or DictConfig).
-
-    Settings absent from ``cfg`` (an old checkpoint's Namespace) get the MegaConfig defaults;
-    ``max_*_positions`` default to 1024 when the task did not provide them. Then every derived
-    setting that is still None takes the value of its twin. Bad values raise ``ValueError``.
-    """
-    values = read_settings(cfg, MegaConfig)
-    for name, twin in _DERIVED_DEFAULTS:
-        if values[name] is None:
-            values[name] = values[twin]
-    if values["max_source_positions"] is None:
-        values["max_source_positions"] = DEFAULT_MAX_SOURCE_POSITIONS
-    if values["max_target_positions"] is None:
-        values["max_target_positions"] = DEFAULT_MAX_TARGET_POSITIONS
-    _validate(values)
-    if isinstance(cfg, DictConfig):
-        with open_dict(cfg):
-            for name, value in values.items():
-                cfg[name] = value
-    else:
-        for name, value in values.items():
-            setattr(cfg, name, value)
-
-
-def _validate(values: Dict[str, Any]) -> None:
-    check_layer_choices(values)
-    for side in ("encoder", "decoder"):
-        for dim in ("embed_dim", "hidden_dim", "z_dim", "n_dim", "layers"):
-            name = "{}_{}".format(side, dim)
-            if int(values[name]) <= 0:
-                raise ValueError("{}={} must be a positive integer".format(name, values[name]))
-        chunk = "{}_chunk_size".format(side)
-        if int(values[chunk]) < -1:
-            raise ValueError("{}={} is not supported; allowed values: -1 or 0 (no chunking) or a positive chunk "
-                             "length".format(chunk, values[chunk]))
-    for name in ("max_source_positions", "max_target_positions"):
-        if int(values[name]) <= 0:
-            raise ValueError("{}={} must be a positive integer".format(name, values[name]))
-
-
-def as_namespace(cfg) -> argparse.Namespace:
-    """A flat Namespace copy of the MegaConfig settings of a resolved ``cfg``, for the layers.
-
-    Choice values come back as plain strings (a DictConfig may hold fairseq's StrEnum).
-    """
-    names = [name for name in MegaConfig.__dataclass_fields__ if not name.startswith("_")]
-    return argparse.Namespace(**{name: get_value(cfg, name) for name in names})
-
-
-def layer_namespace(args: argparse.Namespace, max_positions: int) -> argparse.Namespace:
-    """A copy of ``args`` for layers that never see more than ``max_positions`` steps.
-
-    A truncation length of at least ``max_positions`` can never take effect there (the moving
-    average kernel is cut at ``min(truncation, length)``), so it is dropped: the outputs are the
-    same, and incremental decoding can use the plain O(N) recurrence instead of a
-    truncation-long window of past inputs.
-    """
-    layer_args = argparse.Namespace(**vars(args))
-    truncation = args.truncation_length
-    if truncation is None or truncation <= 0 or truncation >= max_positions:
-        layer_args.truncation_length = None
-    return layer_args

@@ -7,7 +7,7 @@ import torch.nn as nn
 from fairseq.models import FairseqEncoder
 from torch import Tensor
 
-from mega_fairseq.models.mega_config import layer_namespace
+from mega_fairseq.models.mega_settings import layer_config
 from mega_fairseq.modules import FairseqDropout, MegaEncoderLayer, SequenceNorm
 
 EncoderOutDict = Dict[str, List[Tensor]]
@@ -37,26 +37,28 @@ class MegaEncoder(FairseqEncoder):
     that the chunk boundaries do not depend on the padding.
 
     Args:
-        args: resolved Mega settings (see :func:`mega_config.as_namespace`).
+        settings: the model's settings from :func:`mega_settings.read_settings`.
         dictionary: source dictionary.
         embed_tokens: the (possibly shared) source embedding, ``V x D``.
     """
 
-    def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
+    def __init__(self, settings, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
         self.register_buffer("version", torch.Tensor([3]))
         embed_dim = embed_tokens.embedding_dim
         self.padding_idx = embed_tokens.padding_idx
-        self.max_source_positions = args.max_source_positions
-        self.chunk_size = args.encoder_chunk_size
+        self.max_source_positions = settings.max_source_positions
+        self.chunk_size = settings.encoder_chunk_size
         self.embed_tokens = embed_tokens
-        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(embed_dim)
-        self.embedding_dropout = FairseqDropout(args.dropout, module_name=self.__class__.__name__)
-        self.embed_norm = SequenceNorm(args.normalization_type, embed_dim) if args.normalize_embedding else None
-        layer_args = layer_namespace(args, args.max_source_positions)
-        self.layers = nn.ModuleList([MegaEncoderLayer(layer_args) for _ in range(args.encoder_layers)])
+        self.embed_scale = 1.0 if settings.no_scale_embedding else math.sqrt(embed_dim)
+        self.embedding_dropout = FairseqDropout(settings.dropout, module_name=self.__class__.__name__)
+        norm_type = settings.normalization_type
+        self.embed_norm = SequenceNorm(norm_type, embed_dim) if settings.normalize_embedding else None
+        block = layer_config(settings, "encoder", max_positions=settings.max_source_positions,
+                             longest=settings.max_source_positions)
+        self.layers = nn.ModuleList([MegaEncoderLayer(block) for _ in range(settings.encoder_layers)])
         self.num_layers = len(self.layers)
-        self.final_norm = SequenceNorm(args.normalization_type, embed_dim) if args.normalize_before else None
+        self.final_norm = SequenceNorm(norm_type, embed_dim) if settings.normalize_before else None
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
         """Encode ``src_tokens`` (B x S, left or right padded).

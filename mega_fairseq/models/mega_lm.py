@@ -5,28 +5,30 @@ Presets (``--arch``; hydra: ``model=mega_lm/<preset>``): ``mega_lm`` (the datacl
 ``mega_lm_enwik8_base``, ``mega_lm_enwik8_large``. Parameter names follow the official code, so
 official ``mega_lm`` state dicts load with ``strict=True``.
 """
-import torch.nn as nn
-from fairseq import utils
 from fairseq.models import FairseqLanguageModel, register_model
 from fairseq.modules import AdaptiveInput
 
 from mega_fairseq.models.arch_presets import register_presets
-from mega_fairseq.models.mega_lm_config import MEGA_LM_PRESETS, MegaLMConfig, parse_cutoff, resolve_lm_settings
-from mega_fairseq.models.mega_lm_decoder import MegaLMDecoder
+from mega_fairseq.models.mega_decoder import MegaDecoder
+from mega_fairseq.models.mega_lm_config import MEGA_LM_PRESETS, MegaLMConfig, check_lm_settings
+from mega_fairseq.models.mega_settings import parse_cutoff, read_settings
+from mega_fairseq.models.token_embedding import build_embedding, check_dictionary_matches
 
 
 @register_model("mega_lm", dataclass=MegaLMConfig)
 class MegaLanguageModel(FairseqLanguageModel):
-    """A Mega decoder trained to predict the next token (``supported_targets``: future)."""
+    """A :class:`MegaDecoder` without cross-attention, trained to predict the next token."""
 
-    def __init__(self, settings, decoder: MegaLMDecoder):
+    def __init__(self, settings: MegaLMConfig, decoder: MegaDecoder):
         super().__init__(decoder)
+        #: the resolved, typed settings the model was built from
         self.settings = settings
 
     @classmethod
     def build_model(cls, cfg, task):
         """Build from a MegaLMConfig DictConfig or an argparse Namespace (``cfg._name`` unused)."""
-        settings = resolve_lm_settings(cfg)
+        settings = read_settings(cfg, MegaLMConfig)
+        check_lm_settings(settings)
         dictionary = task.source_dictionary
         if settings.adaptive_input:
             embed_tokens = AdaptiveInput(
@@ -39,22 +41,18 @@ class MegaLanguageModel(FairseqLanguageModel):
             )
         else:
             embed_tokens = build_embedding(dictionary, settings.decoder_input_dim, settings.decoder_embed_path)
-        decoder = MegaLMDecoder(settings, task.target_dictionary, embed_tokens)
+        decoder = MegaDecoder(settings, task.target_dictionary, embed_tokens,
+                              final_norm_affine=not settings.no_affine_final_norm)
         return cls(settings, decoder)
 
     def forward(self, src_tokens, src_lengths=None, **kwargs):
         """B x T ``src_tokens`` -> ``(logits B x T x V, extra)``; ``src_lengths`` is accepted and unused."""
         return self.decoder(src_tokens, **kwargs)
 
-
-def build_embedding(dictionary, embed_dim: int, path=None) -> nn.Embedding:
-    """Token embedding ~ N(0, embed_dim^-1/2) with a zero pad row, optionally loaded from ``path``."""
-    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
-    nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)
-    nn.init.constant_(embedding.weight[dictionary.pad()], 0.0)
-    if path:
-        utils.load_embedding(utils.parse_embedding(path), dictionary, embedding)
-    return embedding
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Load weights, with a clear message when the dictionary does not match the checkpoint."""
+        check_dictionary_matches(state_dict, "decoder.embed_tokens.weight", self.decoder.dictionary, "target")
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
 register_presets("mega_lm", MegaLMConfig, MEGA_LM_PRESETS)

@@ -8,32 +8,18 @@ official base never sets it and three official presets crash without ``--activat
 here it defaults to 0.0.
 
 Two settings default to "the same as another setting" as in the official code and are ``None``
-here until :func:`resolve_lm_settings` fills them: ``decoder_ffn_embed_dim`` (takes
-``decoder_hidden_dim``) and ``decoder_input_dim`` (takes ``decoder_embed_dim``).
-``max_target_positions`` defaults to the task's ``tokens_per_sample`` (else 1024).
+here until :func:`mega_fairseq.models.mega_settings.read_settings` fills them (one table shared
+by every Mega model): ``decoder_ffn_embed_dim`` (takes ``decoder_hidden_dim``) and
+``decoder_input_dim`` (takes ``decoder_embed_dim``). ``max_target_positions`` defaults to the
+task's ``tokens_per_sample`` (else 1024). :func:`check_lm_settings` adds the LM's own checks.
 """
-import argparse
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-from mega_fairseq.models.config_values import (
-    ACTIVATIONS,
-    ATTENTION_ACTIVATIONS,
-    NORMALIZATION_TYPES,
-    REL_POS_BIASES,
-    check_layer_choices,
-    read_settings,
-)
-
-DEFAULT_MAX_TARGET_POSITIONS = 1024
-
-#: What :meth:`MegaLMDecoder.max_positions` reports for a chunked model: chunked attention and
-#: the EMA accept any length (the relative bias is sized by the chunk), so long blocks must not
-#: be filtered out by fairseq-eval-lm / fairseq-train.
-UNBOUNDED_POSITIONS = 1 << 30
+from mega_fairseq.models.mega_settings import ACTIVATIONS, ATTENTION_ACTIVATIONS, NORMALIZATION_TYPES, REL_POS_BIASES
 
 
 @dataclass
@@ -157,53 +143,9 @@ MEGA_LM_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def parse_cutoff(text: Optional[str], name: str, vocab_size: int) -> Optional[List[int]]:
-    """``"20000,60000"`` -> ``[20000, 60000]``; checks the cutoffs increase and stay below the vocab."""
-    if text is None or str(text).strip() == "":
-        return None
-    try:
-        cutoff = [int(part) for part in str(text).replace("[", "").replace("]", "").split(",") if part.strip()]
-    except ValueError:
-        raise ValueError("{}={!r} must be comma separated integers, e.g. '20000,60000'".format(name, text))
-    if not cutoff or any(b <= a for a, b in zip(cutoff, cutoff[1:])) or cutoff[0] <= 0:
-        raise ValueError("{}={!r} must be increasing positive integers".format(name, text))
-    if cutoff[-1] > vocab_size:
-        raise ValueError(
-            "{}={!r}: the cutoffs must not exceed the vocabulary size {} (allowed: values below {})".format(
-                name, text, vocab_size, vocab_size
-            )
-        )
-    return cutoff
-
-
-def resolve_lm_settings(cfg) -> argparse.Namespace:
-    """A flat, validated Namespace of every MegaLMConfig setting of ``cfg``.
-
-    ``cfg`` is an argparse Namespace (``--arch``, an old checkpoint) or a DictConfig (hydra);
-    ``cfg._name`` is never read. Absent settings get the dataclass defaults, derived ones their
-    twin's value, choices come back as plain strings. Bad values raise ``ValueError``.
-    """
-    values = read_settings(cfg, MegaLMConfig)
-    if values["decoder_ffn_embed_dim"] is None:
-        values["decoder_ffn_embed_dim"] = values["decoder_hidden_dim"]
-    if values["decoder_input_dim"] is None:
-        values["decoder_input_dim"] = values["decoder_embed_dim"]
-    if values["max_target_positions"] is None:
-        values["max_target_positions"] = values["tokens_per_sample"] or DEFAULT_MAX_TARGET_POSITIONS
-    if values["decoder_chunk_size"] is None or int(values["decoder_chunk_size"]) <= 0:
-        values["decoder_chunk_size"] = -1
-    _validate(values)
-    return argparse.Namespace(**values)
-
-
-def _validate(values: Dict[str, Any]) -> None:
-    check_layer_choices(values)
-    for name in ("decoder_embed_dim", "decoder_hidden_dim", "decoder_z_dim", "decoder_n_dim", "decoder_layers",
-                 "decoder_input_dim", "max_target_positions"):
-        if int(values[name]) <= 0:
-            raise ValueError("{}={} must be a positive integer".format(name, values[name]))
-    if int(values["decoder_ffn_embed_dim"]) < 0:
-        raise ValueError("decoder_ffn_embed_dim={} must be >= 0 (0 = no FFN)".format(values["decoder_ffn_embed_dim"]))
+def check_lm_settings(settings: MegaLMConfig) -> None:
+    """The LM's own checks on settings from ``read_settings`` (lengths, adaptive input/softmax ties)."""
+    values = vars(settings)
     tokens = values["tokens_per_sample"]
     if values["decoder_chunk_size"] <= 0 and tokens is not None and int(tokens) > int(values["max_target_positions"]):
         raise ValueError(

@@ -6,44 +6,37 @@ import torch.nn as nn
 from torch import Tensor
 
 from .gated_cross_attention import GatedCrossAttention
-from .layer_args import attention_kwargs, layer_arg, mega_attention_kwargs, nffn_kwargs
-from .moving_average_gated_attention import MovingAverageGatedAttention
-from .normalized_feedforward_network import NormalizedFeedForwardNetwork
+from .mega_encoder_layer import build_mega_attention, build_nffn
+from .mega_layer_config import MegaLayerConfig
 
 
 class MegaDecoderLayer(nn.Module):
-    """One decoder block, built from fairseq args like the official layer.
+    """One causal block: ``mega_layer``, then ``cross_attn`` (if any), then ``nffn``.
 
-    Reads the ``decoder_*`` twins of :class:`MegaEncoderLayer`'s settings plus
-    ``max_target_positions`` (and ``max_source_positions`` for the cross-attention bias, which
-    is sized ``max(max_target_positions, max_source_positions)``). ``no_cross_attention=True``
-    builds the language-model block (no ``cross_attn``).
+    Args:
+        cfg: the block's settings (:class:`MegaLayerConfig`). ``cfg.cross_max_positions`` set:
+            the block has gated cross-attention over an encoder output, its relative bias
+            covering that many positions; None: a language-model block (no ``cross_attn``).
+            The official constructor's fairseq args (``decoder_*`` settings of the ``mega``
+            model, Namespace or DictConfig) are accepted too and converted once; then
+            ``no_cross_attention=True`` builds the language-model block.
     """
 
-    def __init__(self, args, no_cross_attention: bool = False):
+    def __init__(self, cfg: MegaLayerConfig, no_cross_attention: bool = False):
         super().__init__()
-        self.embed_dim = layer_arg(args, "decoder_embed_dim")
-        self.mega_layer = self.build_mega_layer(self.embed_dim, args)
-        self.cross_attn = None if no_cross_attention else self.build_cross_attn(self.embed_dim, args)
-        ffn_dim = layer_arg(args, "decoder_ffn_embed_dim", 0)
-        self.nffn = self.build_nffn_layer(self.embed_dim, args) if ffn_dim > 0 else None
+        if not isinstance(cfg, MegaLayerConfig):
+            from mega_fairseq.models.mega_settings import layer_config_from_args
+
+            cfg = layer_config_from_args(cfg, "decoder", cross_attention=not no_cross_attention)
+        self.embed_dim = cfg.embed_dim
+        self.mega_layer = build_mega_attention(cfg, bidirectional=False)
+        self.cross_attn = None
+        if cfg.cross_max_positions is not None:
+            self.cross_attn = GatedCrossAttention(embed_dim=cfg.embed_dim, zdim=cfg.zdim, ndim=cfg.ndim,
+                                                  max_positions=cfg.cross_max_positions, **cfg.attention_kwargs)
+        self.nffn = build_nffn(cfg)
         self.need_attn = False
         self.onnx_trace = False
-
-    def build_mega_layer(self, embed_dim, args) -> MovingAverageGatedAttention:
-        max_positions = layer_arg(args, "max_target_positions")
-        return MovingAverageGatedAttention(embed_dim=embed_dim, bidirectional=False,
-                                           **mega_attention_kwargs(args, "decoder", max_positions))
-
-    def build_cross_attn(self, embed_dim, args) -> GatedCrossAttention:
-        # one relative bias serves both lengths: sized by the longer of the two
-        max_positions = max(layer_arg(args, "max_target_positions"), layer_arg(args, "max_source_positions"))
-        return GatedCrossAttention(embed_dim=embed_dim, zdim=layer_arg(args, "decoder_z_dim"),
-                                   ndim=layer_arg(args, "decoder_n_dim"), max_positions=max_positions,
-                                   **attention_kwargs(args))
-
-    def build_nffn_layer(self, embed_dim, args) -> NormalizedFeedForwardNetwork:
-        return NormalizedFeedForwardNetwork(embed_dim=embed_dim, **nffn_kwargs(args, "decoder"))
 
     def prepare_for_onnx_export_(self):
         self.onnx_trace = True

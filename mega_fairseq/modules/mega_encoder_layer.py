@@ -5,37 +5,30 @@ from typing import Optional
 import torch.nn as nn
 from torch import Tensor
 
-from .layer_args import layer_arg, mega_attention_kwargs, nffn_kwargs
+from .mega_layer_config import MegaLayerConfig
 from .moving_average_gated_attention import MovingAverageGatedAttention
 from .normalized_feedforward_network import NormalizedFeedForwardNetwork
 
 
 class MegaEncoderLayer(nn.Module):
-    """One encoder block, built from fairseq args like the official layer.
+    """One bidirectional block: ``mega_layer`` (MovingAverageGatedAttention) then ``nffn``.
 
-    Reads ``encoder_embed_dim``, ``encoder_z_dim``, ``encoder_hidden_dim``, ``encoder_n_dim``,
-    ``encoder_ffn_embed_dim`` (0 or less: no feed-forward block), ``encoder_chunk_size``,
-    ``truncation_length``, ``rel_pos_bias``, ``max_source_positions``, ``normalization_type``,
-    ``normalize_before``, ``activation_fn``, ``attention_activation_fn``, ``dropout``,
-    ``attention_dropout``, ``hidden_dropout``, ``activation_dropout``, ``feature_dropout``.
-    Works with an argparse Namespace or an omegaconf DictConfig; optional settings that are
-    missing get the defaults of :mod:`layer_args`.
+    Args:
+        cfg: the block's settings (:class:`MegaLayerConfig`); ``cfg.ffn_hidden_dim == 0`` builds
+            no feed-forward block. ``cfg.cross_max_positions`` is ignored (encoders do not
+            cross-attend). The official constructor's fairseq args (``encoder_*`` settings of
+            the ``mega`` model, Namespace or DictConfig) are accepted too and converted once.
     """
 
-    def __init__(self, args):
+    def __init__(self, cfg: MegaLayerConfig):
         super().__init__()
-        self.embed_dim = layer_arg(args, "encoder_embed_dim")
-        self.mega_layer = self.build_mega_layer(self.embed_dim, args)
-        ffn_dim = layer_arg(args, "encoder_ffn_embed_dim", 0)
-        self.nffn = self.build_nffn_layer(self.embed_dim, args) if ffn_dim > 0 else None
+        if not isinstance(cfg, MegaLayerConfig):
+            from mega_fairseq.models.mega_settings import layer_config_from_args
 
-    def build_mega_layer(self, embed_dim, args) -> MovingAverageGatedAttention:
-        max_positions = layer_arg(args, "max_source_positions")
-        return MovingAverageGatedAttention(embed_dim=embed_dim, bidirectional=True,
-                                           **mega_attention_kwargs(args, "encoder", max_positions))
-
-    def build_nffn_layer(self, embed_dim, args) -> NormalizedFeedForwardNetwork:
-        return NormalizedFeedForwardNetwork(embed_dim=embed_dim, **nffn_kwargs(args, "encoder"))
+            cfg = layer_config_from_args(cfg, "encoder")
+        self.embed_dim = cfg.embed_dim
+        self.mega_layer = build_mega_attention(cfg, bidirectional=True)
+        self.nffn = build_nffn(cfg)
 
     def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor]) -> Tensor:
         """x: Src x Batch x D; encoder_padding_mask: Batch x Src bool (True = pad) or None.
@@ -46,3 +39,34 @@ class MegaEncoderLayer(nn.Module):
         if self.nffn is not None:
             x = self.nffn(x)
         return x
+
+
+def build_mega_attention(cfg: MegaLayerConfig, bidirectional: bool) -> MovingAverageGatedAttention:
+    """The block's gated attention (``mega_layer``) from its settings."""
+    return MovingAverageGatedAttention(
+        embed_dim=cfg.embed_dim,
+        zdim=cfg.zdim,
+        hdim=cfg.hdim,
+        ndim=cfg.ndim,
+        bidirectional=bidirectional,
+        chunk_size=cfg.chunk_size,
+        truncation=cfg.truncation,
+        max_positions=cfg.max_positions,
+        **cfg.attention_kwargs,
+    )
+
+
+def build_nffn(cfg: MegaLayerConfig) -> Optional[NormalizedFeedForwardNetwork]:
+    """The block's feed-forward network (``nffn``), or None when ``cfg.ffn_hidden_dim == 0``."""
+    if cfg.ffn_hidden_dim <= 0:
+        return None
+    return NormalizedFeedForwardNetwork(
+        embed_dim=cfg.embed_dim,
+        ffn_hidden_dim=cfg.ffn_hidden_dim,
+        dropout=cfg.dropout,
+        hidden_dropout=cfg.activation_dropout,
+        activation=cfg.activation,
+        norm_type=cfg.norm_type,
+        prenorm=cfg.prenorm,
+        feature_dropout=cfg.feature_dropout,
+    )

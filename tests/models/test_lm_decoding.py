@@ -11,7 +11,7 @@ import torch
 from fairseq.data import Dictionary
 
 from mega_fairseq.models.mega_lm import MegaLanguageModel
-from mega_fairseq.models.mega_lm_config import UNBOUNDED_POSITIONS
+from mega_fairseq.models.mega_settings import UNBOUNDED_POSITIONS
 
 TOLERANCE = 1e-5
 VOCAB_WORDS = 40
@@ -81,7 +81,7 @@ def test_streaming_is_off_while_training_gradients():
     model.decoder.stream_size = 4
     calls = []
     original = model.decoder._stream
-    model.decoder._stream = lambda tokens: calls.append(tokens) or original(tokens)
+    model.decoder._stream = lambda tokens, *encoder: calls.append(tokens) or original(tokens, *encoder)
     model(random_tokens(1, 9))[0].sum().backward()
     assert not calls
     with torch.no_grad():

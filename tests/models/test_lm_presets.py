@@ -11,7 +11,12 @@ from omegaconf import OmegaConf
 
 import mega_fairseq
 from mega_fairseq.models.arch_presets import PRESETS, preset_yaml, preset_yaml_path
-from mega_fairseq.models.mega_lm_config import MEGA_LM_PRESETS, MegaLMConfig, resolve_lm_settings
+from mega_fairseq.models.mega_lm_config import MEGA_LM_PRESETS, MegaLMConfig
+from mega_fairseq.models.mega_settings import read_settings
+
+
+def resolve_lm_settings(cfg):
+    return read_settings(cfg, MegaLMConfig)
 
 OFFICIAL_PRESETS = ["mega_lm", "mega_lm_big", "mega_lm_adaptive_big", "mega_lm_wiki103", "mega_lm_adaptive_base",
                     "mega_lm_enwik8_base", "mega_lm_enwik8_large"]

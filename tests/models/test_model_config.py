@@ -118,20 +118,21 @@ def test_arch_flag_and_hydra_yaml_build_the_same_model(data_dir, preset, tmp_pat
     yaml_shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
     assert cli_shapes == yaml_shapes
     for name in ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout"):
-        assert getattr(cli_model.args, name) == OFFICIAL_PRESETS.get(preset, OFFICIAL_BASE)[name], name
-    assert vars(cli_model.args) == vars(yaml_model.args)  # every resolved setting the layers saw
-    assert cli_model.args.decoder_n_dim == 3 and cli_model.args.decoder_z_dim == TINY["encoder_z_dim"]
+        assert getattr(cli_model.settings, name) == OFFICIAL_PRESETS.get(preset, OFFICIAL_BASE)[name], name
+    assert vars(cli_model.settings) == vars(yaml_model.settings)  # every resolved setting the layers saw
+    assert cli_model.settings.decoder_n_dim == 3 and cli_model.settings.decoder_z_dim == TINY["encoder_z_dim"]
 
 
 @pytest.mark.parametrize("preset", ["mega_wmt_en_de", "mega_wmt_en_de_big"])
 def test_presets_set_the_official_values(data_dir, preset):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [data_dir, "--task", "translation", "--arch", preset])
-    from mega_fairseq.models.mega_config import resolve_derived_defaults
+    from mega_fairseq.models.mega_config import MegaConfig
+    from mega_fairseq.models.mega_settings import read_settings
 
-    resolve_derived_defaults(args)
+    settings = read_settings(args, MegaConfig)
     for name, value in OFFICIAL_PRESETS[preset].items():
-        assert getattr(args, name) == value, name
+        assert getattr(settings, name) == value, name
 
 
 def test_command_line_values_win_over_the_preset(data_dir):

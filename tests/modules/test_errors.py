@@ -90,10 +90,10 @@ def test_unknown_rel_pos_bias():
 
 
 def test_layer_args_errors():
-    with pytest.raises(ValueError, match=r"args.decoder_z_dim is required"):
-        MegaDecoderLayer(argparse.Namespace(decoder_embed_dim=D, decoder_hidden_dim=H, decoder_n_dim=N))
+    with pytest.raises(ValueError, match=r"decoder_z_dim=0 must be a positive integer"):
+        MegaDecoderLayer(argparse.Namespace(decoder_embed_dim=D, decoder_z_dim=0, decoder_hidden_dim=H, decoder_n_dim=N))
     args = argparse.Namespace(
         decoder_embed_dim=D, decoder_z_dim=Z, decoder_hidden_dim=H, decoder_n_dim=N, normalization_type="bogus"
     )
-    with pytest.raises(ValueError, match=r"norm_type='bogus'"):
+    with pytest.raises(ValueError, match=r"normalization_type='bogus' is not supported"):
         MegaDecoderLayer(args)
