@@ -1,0 +1,80 @@
+"""Binarize raw LRA text splits into the official processed layout with ``fairseq-preprocess``.
+
+Input: ``RAW/{split}.input`` (whitespace tokens, one sequence per line), ``RAW/{split}.label`` (one
+label per line) and, for two-document tasks (AAN), ``RAW/{split}.input1``. Output (what the
+``lra-text`` task and the official ``lra.zip`` use)::
+
+    OUT/src-bin/{dict.txt, split.bin, split.idx}
+    OUT/src1-bin/{split.bin, split.idx}           (two-document tasks, src-bin's dictionary)
+    OUT/label-bin/{dict.txt, split.bin, split.idx}
+
+The dictionaries are built from the training split (frequency order), unless ``--srcdict`` /
+``--labeldict`` give existing ones (use the official zip's to keep token and class ids of an
+official checkpoint).
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SPLITS = ("train", "valid", "test")
+
+
+def preprocess_tool() -> str:
+    """``fairseq-preprocess`` next to this interpreter, else from ``PATH``."""
+    local = Path(sys.executable).parent / "fairseq-preprocess"
+    return str(local) if local.exists() else "fairseq-preprocess"
+
+
+def run_preprocess(raw: Path, suffix: str, dest: Path, workers: int, srcdict=None, splits=SPLITS) -> None:
+    """``fairseq-preprocess --only-source`` of ``raw/{split}.{suffix}`` into ``dest``."""
+    command = [preprocess_tool(), "--only-source", "--destdir", str(dest), "--workers", str(workers)]
+    for split in splits:
+        command += ["--{}pref".format("train" if split == "train" else split), str(raw / "{}.{}".format(split, suffix))]
+    if srcdict:
+        command += ["--srcdict", str(srcdict)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit("fairseq-preprocess failed for {}/*.{}:\n{}".format(raw, suffix, result.stderr[-3000:]))
+
+
+def binarize(raw: Path, out: Path, workers: int = 1, srcdict=None, labeldict=None) -> Path:
+    """Binarize the raw splits of ``raw`` into ``out`` (src-bin, optional src1-bin, label-bin)."""
+    raw, out = Path(raw), Path(out)
+    missing = [str(raw / "{}.{}".format(s, k)) for s in SPLITS for k in ("input", "label")
+               if not (raw / "{}.{}".format(s, k)).exists()]
+    if missing:
+        raise SystemExit("missing raw files: " + ", ".join(missing))
+    run_preprocess(raw, "input", out / "src-bin", workers, srcdict)
+    run_preprocess(raw, "label", out / "label-bin", workers, labeldict)
+    if (raw / "train.input1").exists():
+        staging = out / "src1-bin.tmp"
+        run_preprocess(raw, "input1", staging, workers, out / "src-bin" / "dict.txt")
+        (out / "src1-bin").mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            for ext in ("bin", "idx"):
+                os.replace(staging / "{}.{}".format(split, ext), out / "src1-bin" / "{}.{}".format(split, ext))
+        shutil.rmtree(staging)
+    for folder in ("src-bin", "label-bin"):
+        preprocess_log = out / folder / "preprocess.log"
+        if preprocess_log.exists():
+            preprocess_log.unlink()
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("raw", help="folder with {train,valid,test}.input/.label (and .input1)")
+    parser.add_argument("out", help="output data folder (src-bin/, label-bin/, src1-bin/)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--srcdict", help="existing token dictionary (e.g. the official zip's src-bin/dict.txt)")
+    parser.add_argument("--labeldict", help="existing label dictionary (keeps an official checkpoint's class ids)")
+    args = parser.parse_args(argv)
+    binarize(Path(args.raw), Path(args.out), args.workers, args.srcdict, args.labeldict)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
