@@ -11,14 +11,13 @@ values (the ``mega`` preset). Settings whose official default is "the same as an
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-from mega_fairseq.models.mega_settings import ACTIVATIONS, ATTENTION_ACTIVATIONS, NORMALIZATION_TYPES, REL_POS_BIASES
+from mega_fairseq.models.mega_shared_config import MegaBlockSettings, MegaOutputSettings
 
 
 @dataclass
-class MegaConfig(FairseqDataclass):
+class MegaConfig(MegaBlockSettings, MegaOutputSettings):
     # ---- encoder
     encoder_embed_path: Optional[str] = field(default=None, metadata={"help": "path to pre-trained encoder embedding"})
     encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
@@ -40,35 +39,8 @@ class MegaConfig(FairseqDataclass):
     decoder_chunk_size: Optional[int] = field(default=None, metadata={"help": "decoder chunk size (default: encoder's)"})
     decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
     decoder_input_dim: Optional[int] = field(default=None, metadata={"help": "decoder input dim (default: decoder_embed_dim)"})
-    # ---- dropout
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
-    attention_dropout: float = field(default=0.0, metadata={"help": "dropout probability of attention weights"})
-    hidden_dropout: float = field(default=0.0, metadata={"help": "dropout probability of Mega hidden vectors"})
-    activation_dropout: float = field(default=0.0, metadata={"help": "dropout probability after the FFN activation"})
-    feature_dropout: bool = field(default=False, metadata={"help": "drop whole feature channels instead of elements"})
-    # ---- layer flavour
-    activation_fn: ChoiceEnum(ACTIVATIONS) = field(default="silu", metadata={"help": "activation function"})
-    attention_activation_fn: ChoiceEnum(ATTENTION_ACTIVATIONS) = field(
-        default="softmax", metadata={"help": "attention activation function"}
-    )
-    normalization_type: ChoiceEnum(NORMALIZATION_TYPES) = field(default="layernorm", metadata={"help": "normalization"})
-    normalize_before: bool = field(default=False, metadata={"help": "pre-norm layers (plus a final norm)"})
-    normalize_embedding: bool = field(default=False, metadata={"help": "normalize the scaled embeddings"})
-    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(embed_dim)"})
-    rel_pos_bias: ChoiceEnum(REL_POS_BIASES) = field(default="simple", metadata={"help": "relative positional bias"})
-    truncation_length: Optional[int] = field(
-        default=1024, metadata={"help": "EMA kernel truncation length (0, negative or None: no truncation)"}
-    )
-    # ---- embeddings and output
+    # ---- embeddings (the block flavour and output layer: MegaBlockSettings, MegaOutputSettings)
     share_all_embeddings: bool = field(default=False, metadata={"help": "share encoder, decoder and output embeddings"})
-    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "share decoder input/output embeddings"})
-    adaptive_softmax_cutoff: Optional[str] = field(
-        default=None, metadata={"help": "comma separated adaptive softmax cutoffs (use with --criterion adaptive_loss)"}
-    )
-    adaptive_softmax_dropout: float = field(default=0.0, metadata={"help": "adaptive softmax dropout of the tails"})
-    adaptive_softmax_factor: float = field(default=4.0, metadata={"help": "adaptive softmax size factor"})
-    tie_adaptive_weights: bool = field(default=False, metadata={"help": "tie adaptive softmax and input weights"})
-    tie_adaptive_proj: bool = field(default=False, metadata={"help": "tie adaptive softmax projections"})
     adaptive_input: bool = field(default=False, metadata={"help": "unused; kept for official checkpoints"})
     # ---- lengths, borrowed from the task
     max_source_positions: Optional[int] = II("task.max_source_positions")

@@ -16,20 +16,13 @@ task's ``tokens_per_sample`` (else 1024). :func:`check_lm_settings` adds the LM'
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-from mega_fairseq.models.mega_settings import ACTIVATIONS, ATTENTION_ACTIVATIONS, NORMALIZATION_TYPES, REL_POS_BIASES
+from mega_fairseq.models.mega_shared_config import MegaBlockSettings, MegaOutputSettings
 
 
 @dataclass
-class MegaLMConfig(FairseqDataclass):
-    # ---- dropout
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
-    attention_dropout: float = field(default=0.0, metadata={"help": "dropout probability of attention weights"})
-    hidden_dropout: float = field(default=0.0, metadata={"help": "dropout probability of Mega hidden vectors"})
-    activation_dropout: float = field(default=0.0, metadata={"help": "dropout probability after the FFN activation"})
-    feature_dropout: bool = field(default=False, metadata={"help": "drop whole feature channels instead of elements"})
+class MegaLMConfig(MegaBlockSettings, MegaOutputSettings):
     # ---- sizes
     decoder_embed_path: Optional[str] = field(default=None, metadata={"help": "path to pre-trained decoder embedding"})
     decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
@@ -46,32 +39,14 @@ class MegaLMConfig(FairseqDataclass):
     decoder_input_dim: Optional[int] = field(
         default=None, metadata={"help": "input embedding dimension (default: decoder_embed_dim)"}
     )
-    # ---- layer flavour
-    activation_fn: ChoiceEnum(ACTIVATIONS) = field(default="silu", metadata={"help": "activation function"})
-    attention_activation_fn: ChoiceEnum(ATTENTION_ACTIVATIONS) = field(
-        default="softmax", metadata={"help": "attention activation function"}
-    )
-    normalization_type: ChoiceEnum(NORMALIZATION_TYPES) = field(default="layernorm", metadata={"help": "normalization"})
-    normalize_before: bool = field(default=False, metadata={"help": "pre-norm layers (plus a final norm)"})
+    # ---- what differs from MegaBlockSettings / MegaOutputSettings
     no_affine_final_norm: bool = field(default=False, metadata={"help": "final norm without affine parameters"})
-    normalize_embedding: bool = field(default=False, metadata={"help": "normalize the scaled embeddings"})
-    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(embed_dim)"})
-    rel_pos_bias: ChoiceEnum(REL_POS_BIASES) = field(default="simple", metadata={"help": "relative positional bias"})
     truncation_length: Optional[int] = field(
         default=2048, metadata={"help": "EMA kernel truncation length (0, negative or None: no truncation)"}
     )
-    # ---- embeddings and output
-    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie input and output embeddings"})
-    adaptive_softmax_cutoff: Optional[str] = field(
-        default=None, metadata={"help": "comma separated adaptive softmax cutoffs (use with --criterion adaptive_loss)"}
-    )
-    adaptive_softmax_dropout: float = field(default=0.0, metadata={"help": "adaptive softmax dropout of the tails"})
-    adaptive_softmax_factor: float = field(default=4.0, metadata={"help": "adaptive softmax size factor"})
     adaptive_input: bool = field(default=False, metadata={"help": "use adaptive input embeddings"})
     adaptive_input_factor: float = field(default=4.0, metadata={"help": "adaptive input size factor"})
     adaptive_input_cutoff: Optional[str] = field(default=None, metadata={"help": "comma separated adaptive input cutoffs"})
-    tie_adaptive_weights: bool = field(default=False, metadata={"help": "tie adaptive softmax and adaptive input weights"})
-    tie_adaptive_proj: bool = field(default=False, metadata={"help": "tie adaptive softmax and adaptive input projections"})
     # ---- lengths, borrowed from the task
     max_target_positions: Optional[int] = II("task.max_target_positions")
     tokens_per_sample: Optional[int] = II("task.tokens_per_sample")

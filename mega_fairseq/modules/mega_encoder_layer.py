@@ -60,13 +60,5 @@ def build_nffn(cfg: MegaLayerConfig) -> Optional[NormalizedFeedForwardNetwork]:
     """The block's feed-forward network (``nffn``), or None when ``cfg.ffn_hidden_dim == 0``."""
     if cfg.ffn_hidden_dim <= 0:
         return None
-    return NormalizedFeedForwardNetwork(
-        embed_dim=cfg.embed_dim,
-        ffn_hidden_dim=cfg.ffn_hidden_dim,
-        dropout=cfg.dropout,
-        hidden_dropout=cfg.activation_dropout,
-        activation=cfg.activation,
-        norm_type=cfg.norm_type,
-        prenorm=cfg.prenorm,
-        feature_dropout=cfg.feature_dropout,
-    )
+    return NormalizedFeedForwardNetwork(embed_dim=cfg.embed_dim, ffn_hidden_dim=cfg.ffn_hidden_dim,
+                                        hidden_dropout=cfg.activation_dropout, **cfg.sublayer_kwargs)

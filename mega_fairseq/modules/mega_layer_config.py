@@ -65,16 +65,13 @@ class MegaLayerConfig:
                              "chunk length".format(self.chunk_size))
 
     @property
+    def sublayer_kwargs(self) -> dict:
+        """Keyword arguments every sub-layer (attention, cross-attention, feed-forward) takes."""
+        return dict(dropout=self.dropout, activation=self.activation, norm_type=self.norm_type, prenorm=self.prenorm,
+                    feature_dropout=self.feature_dropout)
+
+    @property
     def attention_kwargs(self) -> dict:
-        """Keyword arguments both attention kinds take (the official constructor names)."""
-        return dict(
-            dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
-            hidden_dropout=self.hidden_dropout,
-            activation=self.activation,
-            attention_activation=self.attention_activation,
-            norm_type=self.norm_type,
-            prenorm=self.prenorm,
-            feature_dropout=self.feature_dropout,
-            rel_pos_bias=self.rel_pos_bias,
-        )
+        """:attr:`sublayer_kwargs` plus what both attention kinds take (official constructor names)."""
+        return dict(self.sublayer_kwargs, attention_dropout=self.attention_dropout, hidden_dropout=self.hidden_dropout,
+                    attention_activation=self.attention_activation, rel_pos_bias=self.rel_pos_bias)
