@@ -2,7 +2,7 @@
 
 Both :class:`MovingAverageGatedAttention` and :class:`GatedCrossAttention` end the same way:
 ``out = x + u * (dropout(act(H + hx)) - x)`` (``hx`` only in the self-attention), with a norm
-before (prenorm) or after, and both must keep padded keys from reaching real queries.
+before (prenorm) or after, and both must keep what padded positions hold (even NaN/inf) from reaching real ones.
 """
 
 from typing import Optional
@@ -59,16 +59,22 @@ class GatedAttentionBase(CachedAttentionState, nn.Module):
         self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine, export=export)
 
     @staticmethod
-    def _zero_padded_keys(tensor: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
-        """Zero the rows of padded keys so that a NaN/inf there cannot reach a real query.
+    def _finite_at_pads(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+        """x with every NaN/inf at a padded position replaced by 0 (finite pads are kept as they are).
 
-        A pad key's weight is exactly 0, but ``0 * NaN`` is NaN in the weighted sum (and a NaN
-        key turns its whole score row into NaN). ``tensor``: Batch x Keys x C; the mask is
-        Batch x Keys, True = pad. Returns ``tensor`` itself when there is no mask (no cost).
+        A pad key's attention weight is exactly 0, but ``0 * NaN`` is NaN (and a NaN key turns its
+        whole score row into NaN); in the backward a non-finite pad makes the gates' gradients NaN
+        there, which the EMA then spreads to real positions and into the weight gradients. Finite
+        pad values never reach a real position, so only non-finite ones are replaced, and pad
+        outputs stay as the official code computes them.
+
+        x: Time x Batch x C; padding_mask: Batch x Time bool (True = pad) or None. Returns x
+        itself when there is no mask (no cost without padding).
         """
-        if key_padding_mask is None:
-            return tensor
-        return tensor.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+        if padding_mask is None:
+            return x
+        bad = torch.isfinite(x).logical_not_().logical_and_(padding_mask.t().unsqueeze(-1))
+        return x.masked_fill(bad, 0.0)
 
     def _gated_output(self, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """``residual + u * (dropout(act(attended + hx)) - residual)``, then the norm if not prenorm.

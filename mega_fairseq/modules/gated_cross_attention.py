@@ -132,13 +132,6 @@ class GatedCrossAttention(GatedAttentionBase):
                 raise ValueError(
                     "key must be Src x Batch x D = (S, {}, {}), got shape {}".format(bsz, self.embed_dim, tuple(key.shape))
                 )
-            # keys and values from one matmul over the encoder states: Src x B x (Z + D)
-            weight = torch.cat([self.k_proj.weight, self.v_proj.weight], dim=0)
-            bias = torch.cat([self.k_proj.bias, self.v_proj.bias], dim=0)
-            k, v = torch.split(F.linear(key, weight, bias), [self.zdim, self.embed_dim], dim=-1)
-            # Src x B x C -> B x Src x C
-            k = k.transpose(0, 1)
-            v = self.hidden_dropout(self.activation(v), batch_first=False).transpose(0, 1)
             if key_padding_mask is not None:
                 if tuple(key_padding_mask.shape) != (bsz, key.size(0)):
                     raise ValueError(
@@ -147,8 +140,14 @@ class GatedCrossAttention(GatedAttentionBase):
                         )
                     )
                 key_padding_mask = key_padding_mask.bool()
-                k = self._zero_padded_keys(k, key_padding_mask)
-                v = self._zero_padded_keys(v, key_padding_mask)
+                key = self._finite_at_pads(key, key_padding_mask)
+            # keys and values from one matmul over the encoder states: Src x B x (Z + D)
+            weight = torch.cat([self.k_proj.weight, self.v_proj.weight], dim=0)
+            bias = torch.cat([self.k_proj.bias, self.v_proj.bias], dim=0)
+            k, v = torch.split(F.linear(key, weight, bias), [self.zdim, self.embed_dim], dim=-1)
+            # Src x B x C -> B x Src x C
+            k = k.transpose(0, 1)
+            v = self.hidden_dropout(self.activation(v), batch_first=False).transpose(0, 1)
         if saved_state is not None:
             saved_state["prev_key"] = k
             saved_state["prev_value"] = v

@@ -130,6 +130,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
                 )
             saved_state = self._get_input_buffer(incremental_state)
 
+        x = self._finite_at_pads(x, padding_mask)
         residual = x
         if self.prenorm:
             x = self.norm(x)
@@ -141,8 +142,6 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         mx = self.dropout(self.move(x, padding_mask, incremental_state))
         # T x B x (D + Z + H + D) -> u, r, hx: T x B x C; q, k: B x T x Z
         u, q, k, r, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
-        k = self._zero_padded_keys(k, padding_mask)
-        v = self._zero_padded_keys(v, padding_mask)
 
         if saved_state is not None:
             h, weights = self._incremental_attention(q, k, v, padding_mask, saved_state, before_attn_fn)
