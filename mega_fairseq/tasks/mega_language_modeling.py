@@ -123,6 +123,9 @@ class MegaLanguageModelingTask(LanguageModelingTask):
         paths = utils.split_paths(self.args.data)
         data_path = paths[(epoch - 1) % len(paths)]
         split_path = os.path.join(data_path, split)
+        if os.path.isfile(split_path + ".bin") and os.path.getsize(split_path + ".bin") == 0:
+            # an empty binarized split cannot even be memory-mapped: say what is wrong before trying
+            raise ValueError("split '{}' ({}) holds no tokens".format(split, split_path))
         dataset = data_utils.load_indexed_dataset(split_path, self.dictionary, self.args.dataset_impl, combine=combine)
         if dataset is None:
             raise FileNotFoundError("Dataset not found: {} ({})".format(split, split_path))
