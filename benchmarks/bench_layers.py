@@ -29,7 +29,18 @@ How it measures:
   are skipped and reported as such.
 
 Run ``python benchmarks/bench_layers.py`` (a few minutes on 2 cores) or with
-``--quick`` for a small smoke run.
+``--quick`` for a small smoke run. Every worker runs at ``--threads`` threads (default 1: two
+threads on a busy 2-core machine measure the other jobs, not the layer).
+
+``--baseline-rev REV`` measures before/after in one process instead: the layer as it was at git
+revision ``REV`` (its source is read with ``git show`` at run time and loaded next to the
+package's other modules; no old copy is kept in the package) against the current one, with the
+same weights, at d=512 z=128 h=1024 n=16, chunk 128, L=2048 x 4 sequences by default. The two
+layers and a matmul-only reference (the three projections' forward + backward GEMMs of the same
+shapes, i.e. the machine's matmul speed for this layer) are timed interleaved, best of
+``--reps``; so is the one-token decode step. Prints the time ratio old / new, the share of the
+layer time the projection GEMMs would take at the measured matmul speed ("% of matmul peak") and
+the decode step ratio.
 """
 import argparse
 import json
@@ -38,6 +49,12 @@ import resource
 import subprocess
 import sys
 import time
+import types
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYER_PATH = "mega_fairseq/modules/moving_average_gated_attention.py"
+COMPARE = dict(width=512, zdim=128, hdim=1024, ndim=16, chunk=128, length=2048, batch=4, reps=5,
+               decode_position=1000, decode_window=64)
 
 FULL = dict(width=128, zdim=64, hdim=256, ndim=16, tokens=16384, lengths=[512, 1024, 2048, 4096, 8192, 16384],
             positions=[16, 64, 256, 1024, 4096], decode_window=128, reps=3)
@@ -97,6 +114,7 @@ def _build_layer(name, spec, length):
 def worker_train(spec):
     import torch
 
+    torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     length, name = spec["length"], spec["model"]
     batch = max(1, spec["tokens"] // length)
@@ -126,6 +144,7 @@ def worker_decode(spec):
     import torch
     from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
 
+    torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     chunk, window = MODELS[spec["model"]], spec["decode_window"]
     last = max(spec["positions"]) + window
@@ -147,6 +166,110 @@ def worker_decode(spec):
             rows.append(dict(model=spec["model"], position=position,
                              step_ms=times[len(times) // 2] * 1e3, mean_step_ms=sum(times) * 1e3 / window))
     return rows
+
+
+# ------------------------------------------------------- before / after
+def load_baseline_layer_class(rev):
+    """``MovingAverageGatedAttention`` as it was at git revision ``rev``, loaded from ``git show``.
+
+    The old source runs as a module of the current package, so its relative imports (EMA,
+    attention weights, norms...) resolve to today's versions: the comparison isolates this file.
+    """
+    source = subprocess.run(["git", "-C", REPO_ROOT, "show", "{}:{}".format(rev, LAYER_PATH)],
+                            capture_output=True, text=True, check=True).stdout
+    import mega_fairseq.modules  # noqa: F401  (the package the old file's relative imports need)
+
+    name = "mega_fairseq.modules._baseline_at_{}".format(rev.replace("~", "_").replace("^", "_"))
+    module = types.ModuleType(name)
+    module.__package__ = "mega_fairseq.modules"
+    module.__file__ = "{}:{}".format(rev, LAYER_PATH)
+    sys.modules[name] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module.MovingAverageGatedAttention
+
+
+def _best_interleaved(functions, reps):
+    """Run each function once (warm-up), then ``reps`` rounds of all of them in turn; best times (s)."""
+    for run in functions.values():
+        run()
+    best = {name: float("inf") for name in functions}
+    for _ in range(reps):
+        for name, run in functions.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def compare_with_baseline(rev, spec, threads):
+    import torch
+    import torch.nn.functional as F
+    from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    width, zdim, hdim, ndim, chunk = spec["width"], spec["zdim"], spec["hdim"], spec["ndim"], spec["chunk"]
+    length, batch = spec["length"], spec["batch"]
+    decode_end = spec["decode_position"] + spec["decode_window"]
+    kwargs = dict(chunk_size=chunk, max_positions=max(length, decode_end))
+    new = MovingAverageGatedAttention(width, zdim, hdim, ndim, **kwargs)
+    old = load_baseline_layer_class(rev)(width, zdim, hdim, ndim, **kwargs)
+    old.load_state_dict(new.state_dict())
+    mask = torch.triu(torch.full((chunk, chunk), float("-inf")), 1)
+    x = torch.randn(length, batch, width, requires_grad=True)
+    grad_out = torch.randn(length, batch, width)
+
+    with torch.no_grad():
+        same_output = (old(x, attn_mask=mask)[0] - new(x, attn_mask=mask)[0]).abs().max().item()
+
+    def train_step(layer):
+        def run():
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            layer(x, attn_mask=mask)[0].backward(grad_out)
+        return run
+
+    # the projections' GEMMs alone, forward + backward, same shapes as inside the layer
+    tokens = torch.randn(length * batch, width, requires_grad=True)
+    attended = torch.randn(length * batch, hdim, requires_grad=True)
+    weights = [new.v_proj.weight, new.mx_proj.weight, new.h_proj.weight]
+    biases = [new.v_proj.bias, new.mx_proj.bias, new.h_proj.bias]
+
+    def matmuls():
+        outs = [F.linear(tokens, weights[0], biases[0]), F.linear(tokens, weights[1], biases[1]),
+                F.linear(attended, weights[2], biases[2])]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    train = _best_interleaved({"before": train_step(old), "after": train_step(new), "matmuls": matmuls},
+                              spec["reps"])
+    flops = 6 * length * batch * (width * hdim + width * (2 * width + zdim + hdim) + hdim * width)
+
+    old.eval(), new.eval()
+    sequence = torch.randn(decode_end, 1, width)
+    with torch.no_grad():
+        states = {"before": {}, "after": {}}
+        old(sequence[: spec["decode_position"]], incremental_state=states["before"])
+        new(sequence[: spec["decode_position"]], incremental_state=states["after"])
+        steps = {"before": [], "after": []}
+        for t in range(spec["decode_position"], decode_end):
+            for name, layer in (("before", old), ("after", new)):
+                start = time.perf_counter()
+                layer(sequence[t : t + 1], incremental_state=states[name])
+                steps[name].append(time.perf_counter() - start)
+    median = {name: sorted(times)[len(times) // 2] for name, times in steps.items()}
+    return dict(
+        config=dict(spec, baseline_rev=rev, threads=threads, torch=torch.__version__),
+        max_abs_output_diff=same_output,
+        train_fwd_bwd_ms={name: round(value * 1e3, 1) for name, value in train.items()},
+        matmul_gflops=round(flops / train["matmuls"] / 1e9, 1),
+        percent_of_matmul_peak={"before": round(100 * train["matmuls"] / train["before"], 1),
+                                "after": round(100 * train["matmuls"] / train["after"], 1)},
+        decode_step_ms={name: round(value * 1e3, 3) for name, value in median.items()},
+        ratios={"train_speedup_before_over_after": round(train["before"] / train["after"], 3),
+                "train_speedup_target": 1.2,
+                "decode_step_after_over_before": round(median["after"] / median["before"], 3),
+                "decode_step_target": "<= 1.0 (no slowdown)"},
+    )
 
 
 # ------------------------------------------------------------------- driver
@@ -183,8 +306,19 @@ def main():
     parser.add_argument("--mem-budget-gb", type=float, default=6.0)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
     parser.add_argument("--only", choices=["train", "decode"], help="run one part only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every measurement")
+    parser.add_argument("--baseline-rev", metavar="REV",
+                        help="measure the layer at git revision REV against the current one, in one process")
+    parser.add_argument("--reps", type=int, help="timed repetitions (default: 3, or 5 with --baseline-rev)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline_rev:
+        spec = dict(COMPARE, reps=args.reps or COMPARE["reps"])
+        if args.quick:
+            spec.update(width=32, zdim=16, hdim=64, ndim=4, chunk=16, length=64, batch=2, decode_position=20,
+                        decode_window=8)
+        print(json.dumps(compare_with_baseline(args.baseline_rev, spec, args.threads), indent=1))
+        return
     if args.worker:
         kind, spec = args.worker[0], json.loads(args.worker[1])
         print(json.dumps(worker_train(spec) if kind == "train" else worker_decode(spec)))
@@ -192,7 +326,9 @@ def main():
 
     import torch
 
-    spec = dict(QUICK if args.quick else FULL)
+    spec = dict(QUICK if args.quick else FULL, threads=args.threads)
+    if args.reps:
+        spec["reps"] = args.reps
     train = []
     for length in spec["lengths"] if args.only != "decode" else []:
         for name in MODELS:

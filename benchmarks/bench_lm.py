@@ -143,7 +143,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per point (after 1 warm-up)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per point (default 1: more threads on a busy small machine measure the other jobs)")
     parser.add_argument("--stream", type=int, default=1024, help="piece length of the streamed-eval points")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per point before it is recorded as skipped")
     parser.add_argument("--max-memory-gb", type=float, default=10.0,
