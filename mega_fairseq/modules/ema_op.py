@@ -86,18 +86,36 @@ class _Coefficients:
         return cached[:, :taps]
 
 
-def _time_first(out: Tensor) -> Tensor:
-    """``R x B x T`` -> ``T x B x R`` view whose gradient is made contiguous once, not in every consumer."""
-    if out.requires_grad:
-        out.register_hook(lambda grad: None if grad is None else grad.contiguous())
-    return out.permute(2, 1, 0)
+def _swap_time_and_channels(x: Tensor) -> Tensor:
+    """``A x B x C`` -> contiguous ``C x B x A`` (Time x Batch x D <-> D x B x T) in two cheap copies.
+
+    A direct ``permute(2, 1, 0).contiguous()`` reads with a large stride for every element (on
+    CPU, ~50 ms for 2048 x 4 x 512 floats). Viewed as one ``A x (B C)`` matrix, the transpose
+    takes torch's blocked 2-D transpose (~9 ms), and ``B x C x A`` -> ``C x B x A`` then moves
+    whole contiguous rows (~1 ms).
+    """
+    first, middle, last = x.shape
+    rows = x.contiguous().view(first, middle * last).t().contiguous()  # (B C) x A
+    return rows.view(middle, last, first).transpose(0, 1).contiguous()
+
+
+class _SwapTimeAndChannels(torch.autograd.Function):
+    """:func:`_swap_time_and_channels` with the same cheap swap for the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return _swap_time_and_channels(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return _swap_time_and_channels(grad)
 
 
 def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool, block: int) -> Tensor:
     """Whole-sequence blocked scan of ``T x B x D`` input; returns ``T x B x D``."""
     length = x.size(0)
     p_beta, log_q, gamma = coefficients.p_beta, coefficients.log_q, coefficients.gamma
-    rows = x.permute(2, 1, 0).contiguous()  # D x B x T: the one layout copy in
+    rows = _SwapTimeAndChannels.apply(x)  # D x B x T
     if bidirectional:  # the anti-causal half is the causal EMA of the time-reversed input
         rows = torch.cat([rows, rows.flip(-1)], dim=0)
     truncated = window is not None and window < length
@@ -113,7 +131,7 @@ def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Opti
     if bidirectional:
         forward_part, backward_part = out.chunk(2, dim=0)
         out = forward_part + backward_part.flip(-1)
-    return _time_first(out)
+    return _SwapTimeAndChannels.apply(out)  # T x B x D
 
 
 def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool,
