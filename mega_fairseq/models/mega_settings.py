@@ -23,7 +23,8 @@ ACTIVATIONS = tuple(available_activation_fns())
 
 #: derived setting -> the settings it takes its value from when unset, in order of preference;
 #: only the ones a model's config has count (e.g. the LM has no ``encoder_*`` settings, so its
-#: ``decoder_ffn_embed_dim`` follows ``decoder_hidden_dim``). Resolved top to bottom.
+#: ``decoder_ffn_embed_dim`` follows ``decoder_hidden_dim``). ``"2*name"`` takes twice the value
+#: of ``name``. Resolved top to bottom.
 DERIVED_DEFAULTS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("encoder_ffn_embed_dim", ("encoder_hidden_dim",)),
     ("decoder_embed_dim", ("encoder_embed_dim",)),
@@ -35,6 +36,9 @@ DERIVED_DEFAULTS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("decoder_input_dim", ("decoder_embed_dim",)),
     ("max_target_positions", ("tokens_per_sample",)),
     ("max_positions", ("tokens_per_sample",)),
+    # sequence classifiers (lra, sc_raw)
+    ("classifier_in_dim", ("encoder_embed_dim",)),
+    ("classifier_out_dim", ("2*encoder_embed_dim",)),
 )
 #: lengths the task did not provide (a model built outside a task, an old checkpoint)
 DEFAULT_MAX_POSITIONS = 1024
@@ -81,8 +85,10 @@ def read_settings(cfg, config_cls: Type[C]) -> C:
     for name, twins in DERIVED_DEFAULTS:
         if name in values and values[name] is None:
             for twin in twins:
-                if twin in values:
-                    values[name] = values[twin]
+                factor, _, twin_name = twin.rpartition("*")
+                if twin_name in values:
+                    value = values[twin_name]
+                    values[name] = value * int(factor) if factor and value is not None else value
                     break
     for name in _LENGTH_SETTINGS:
         if name in values and values[name] is None:
@@ -97,7 +103,8 @@ def read_settings(cfg, config_cls: Type[C]) -> C:
 def check_settings(values: Dict[str, Any]) -> None:
     """Raise ValueError naming the setting and the allowed values for a value the layers reject."""
     for name, allowed in (("activation_fn", ACTIVATIONS), ("attention_activation_fn", ATTENTION_ACTIVATIONS),
-                          ("normalization_type", NORMALIZATION_TYPES), ("rel_pos_bias", REL_POS_BIASES)):
+                          ("normalization_type", NORMALIZATION_TYPES), ("norm_type", NORMALIZATION_TYPES),
+                          ("rel_pos_bias", REL_POS_BIASES)):
         if name in values and str(values[name]) not in allowed:
             raise ValueError("{}={!r} is not supported; allowed values: {}".format(name, values[name], ", ".join(allowed)))
     if values.get("normalize_embedding") and values.get("normalize_before"):
