@@ -8,7 +8,8 @@ label per line) and, for two-document tasks (AAN), ``RAW/{split}.input1``. Outpu
     OUT/src1-bin/{split.bin, split.idx}           (two-document tasks, src-bin's dictionary)
     OUT/label-bin/{dict.txt, split.bin, split.idx}
 
-The dictionaries are built from the training split (frequency order), unless ``--srcdict`` /
+The dictionaries are built from the training split (frequency order; both documents for two-document
+tasks), unless ``--srcdict`` /
 ``--labeldict`` give existing ones (use the official zip's to keep token and class ids of an
 official checkpoint).
 """
@@ -28,9 +29,12 @@ def preprocess_tool() -> str:
     return str(local) if local.exists() else "fairseq-preprocess"
 
 
-def run_preprocess(raw: Path, suffix: str, dest: Path, workers: int, srcdict=None, splits=SPLITS) -> None:
+def run_preprocess(raw: Path, suffix: str, dest: Path, workers: int, srcdict=None, splits=SPLITS,
+                   dict_only: bool = False) -> None:
     """``fairseq-preprocess --only-source`` of ``raw/{split}.{suffix}`` into ``dest``."""
     command = [preprocess_tool(), "--only-source", "--destdir", str(dest), "--workers", str(workers)]
+    if dict_only:
+        command.append("--dict-only")
     for split in splits:
         command += ["--{}pref".format("train" if split == "train" else split), str(raw / "{}.{}".format(split, suffix))]
     if srcdict:
@@ -47,9 +51,24 @@ def binarize(raw: Path, out: Path, workers: int = 1, srcdict=None, labeldict=Non
                if not (raw / "{}.{}".format(s, k)).exists()]
     if missing:
         raise SystemExit("missing raw files: " + ", ".join(missing))
+    two_documents = (raw / "train.input1").exists()
+    if two_documents and not srcdict:
+        # one dictionary for both documents: count the tokens of both training files
+        staging = out / "dict.tmp"
+        staging.mkdir(parents=True, exist_ok=True)
+        with open(staging / "train.both", "w") as both:
+            for suffix in ("input", "input1"):
+                both.write((raw / "train.{}".format(suffix)).read_text())
+        run_preprocess(staging, "both", staging, workers, splits=("train",), dict_only=True)
+        (out / "src-bin").mkdir(parents=True, exist_ok=True)
+        os.replace(staging / "dict.txt", out / "src-bin" / "dict.both.txt")
+        shutil.rmtree(staging)
+        srcdict = out / "src-bin" / "dict.both.txt"
     run_preprocess(raw, "input", out / "src-bin", workers, srcdict)
+    if two_documents and srcdict == out / "src-bin" / "dict.both.txt":
+        srcdict.unlink()
     run_preprocess(raw, "label", out / "label-bin", workers, labeldict)
-    if (raw / "train.input1").exists():
+    if two_documents:
         staging = out / "src1-bin.tmp"
         run_preprocess(raw, "input1", staging, workers, out / "src-bin" / "dict.txt")
         (out / "src1-bin").mkdir(parents=True, exist_ok=True)
