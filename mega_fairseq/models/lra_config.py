@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from omegaconf import II
 
 from mega_fairseq.models.mega_settings import (
     ACTIVATIONS,
@@ -86,8 +85,9 @@ class LRAConfig(FairseqDataclass):
         default="gelu", metadata={"help": "activation of the classifier layers"})
     apply_bert_init: bool = field(default=True, metadata={"help": "initialise every linear layer and embedding "
                                                                    "N(0, 0.02) (BERT style)"})
-    # ---- lengths, borrowed from the task
-    tokens_per_sample: Optional[int] = II("task.tokens_per_sample")
+    # ---- the official fallback of max_positions (the LRA tasks are argparse tasks: no interpolation)
+    tokens_per_sample: Optional[int] = field(
+        default=None, metadata={"help": "max_positions when that is unset (as officially)"})
 
 
 def _mega_lra_preset(hidden, z, layers, embed, chunk, truncation, max_positions, norm, **extra) -> Dict[str, Any]:
