@@ -197,8 +197,8 @@ def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, ini
         expected = (x.size(1), x.size(-1), q.size(-1) if window is None else window - 1)
         if initial_state.dim() == 3 and initial_state.size(0) != x.size(1):
             raise ValueError(
-                "initial_state holds batch size {} but x has batch size {}: reorder the state to the new batch "
-                "(reorder_incremental_state) or reset it".format(initial_state.size(0), x.size(1))
+                "initial_state (the saved incremental state) holds batch size {} but x has batch size {}: move it "
+                "to the new batch with reorder_incremental_state, or start from a fresh incremental_state".format(initial_state.size(0), x.size(1))
             )
         if tuple(initial_state.shape) != expected:
             raise ValueError(

@@ -246,13 +246,10 @@ class MultiHeadEMA(nn.Module):
         else:
             buffer = self._get_input_buffer(incremental_state)
             key = "prev_state" if self.window is None else "prev_inputs"
-            state = buffer.get(key)
-            if state is not None and state.size(0) != bsz:
-                raise ValueError(
-                    "incremental_state holds batch size {} but x has batch size {}: call reorder_incremental_state "
-                    "to move the state to the new batch, or start from a fresh incremental_state".format(state.size(0), bsz)
-                )
-            ema, buffer[key] = multi_head_ema(x_conv, q, p_beta, gamma, initial_state=state, return_last_state=True, **options)
+            # a saved state of another batch size is refused by the op, naming both sizes
+            ema, buffer[key] = multi_head_ema(
+                x_conv, q, p_beta, gamma, initial_state=buffer.get(key), return_last_state=True, **options
+            )
             self._set_input_buffer(incremental_state, buffer)
         # residual first, so the sum (and everything after it) is laid out Time x Batch x D;
         # in place: the product's backward does not need its output
