@@ -1,6 +1,8 @@
 """Mega building blocks: EMA, gated attention, norms, positional biases, dropout, layers."""
 
 from .activations import get_activation_fn, laplace, relu2, silu, softmax
+from .ema_op import multi_head_ema
+from .ema_reference import ema_reference
 from .exponential_moving_average import MultiHeadEMA
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
 from .gated_cross_attention import GatedCrossAttention
@@ -30,8 +32,10 @@ __all__ = [
     "ScaleNorm",
     "SequenceNorm",
     "SimpleRelativePositionalBias",
+    "ema_reference",
     "get_activation_fn",
     "laplace",
+    "multi_head_ema",
     "relu2",
     "silu",
     "softmax",
