@@ -30,8 +30,12 @@ def lm_data(tmp_path_factory):
 
 def test_transformer_lm_trains_and_eval_lm_reports_perplexity(lm_data):
     save = lm_data["root"] / "ckpt_lm"
-    run_cli("fairseq-train", lm_data["data"], *TINY_TRANSFORMER_LM, "--max-update", "5",
-            "--save-dir", save)
+    board = lm_data["root"] / "tensorboard"
+    train = run_cli("fairseq-train", lm_data["data"], *TINY_TRANSFORMER_LM, "--max-update", "5",
+                    "--save-dir", save, "--tensorboard-logdir", board)
+    # tensorboardX is installed (pinned): --tensorboard-logdir works, and no command asks to install it
+    assert "Please install tensorboardX" not in train.stdout + train.stderr
+    assert list((board / "train").glob("events.out.tfevents.*")), sorted(p.name for p in board.rglob("*"))
     proc = run_cli("fairseq-eval-lm", lm_data["data"], "--path", save / "checkpoint_last.pt",
                    "--tokens-per-sample", "32", "--max-tokens", "512", "--cpu", "--gen-subset", "test")
     log = proc.stdout + proc.stderr
@@ -42,6 +46,20 @@ def test_transformer_lm_trains_and_eval_lm_reports_perplexity(lm_data):
     # 5 updates on a 15-word vocabulary: better than uniform over the dictionary, far from perfect
     vocab = len((lm_data["data"] / "dict.txt").read_text().splitlines()) + 4
     assert 1.0 < ppl < vocab
+
+
+def test_eval_lm_refuses_blocks_longer_than_the_model_takes_instead_of_skipping_them(lm_data):
+    # trained with --tokens-per-sample 32, so the model takes at most 32 positions; 64-token blocks used
+    # to be skipped silently ("Evaluated 0 tokens", perplexity 1.00, exit 0)
+    save = lm_data["root"] / "ckpt_lm"
+    if not (save / "checkpoint_last.pt").exists():
+        run_cli("fairseq-train", lm_data["data"], *TINY_TRANSFORMER_LM, "--max-update", "5", "--save-dir", save)
+    proc = run_cli("fairseq-eval-lm", lm_data["data"], "--path", save / "checkpoint_last.pt",
+                   "--tokens-per-sample", "64", "--max-tokens", "512", "--cpu", "--gen-subset", "test", check=False)
+    assert proc.returncode != 0 and "Perplexity" not in proc.stdout + proc.stderr
+    assert re.search(r"ValueError: fairseq-eval-lm: blocks of up to 64 tokens \(--tokens-per-sample 64\) are longer "
+                     r"than the model's maximum of 32 tokens .* Allowed: --tokens-per-sample <= 32", proc.stderr), \
+        proc.stderr[-2000:]
 
 
 def test_hydra_train_runs_from_a_yaml_config(lm_data, tmp_path):

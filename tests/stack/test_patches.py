@@ -152,3 +152,76 @@ def test_patch_anchor_mismatch_fails_loudly(tmp_path):
     with pytest.raises(SystemExit) as err:
         patches.apply_all(tmp_path)
     assert "dataclass-default-factory" in str(err.value) and "configs.py" in str(err.value)
+
+
+def test_nan_detector_reports_a_nan_gradient_of_an_encoder_decoder_instead_of_stopiteration(caplog):
+    import logging
+
+    from fairseq.nan_detector import NanDetector
+
+    class Encoder(torch.nn.Module):  # returns a dict without a top-level tensor, as fairseq encoders do
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return {"encoder_out": [self.proj(x)], "encoder_padding_mask": []}
+
+    class EncoderDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = Encoder(), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.decoder(self.encoder(x)["encoder_out"][0])
+
+    model = EncoderDecoder()
+    with caplog.at_level(logging.WARNING, logger="fairseq.nan_detector"):
+        with NanDetector(model):
+            (model(torch.randn(5, 4)) * float("nan")).sum().backward()
+    assert "NaN detected in output of decoder, shape: torch.Size([5, 3]), backward" in caplog.text
+
+
+def test_nan_detector_still_reports_a_forward_nan(caplog):
+    import logging
+
+    from fairseq.nan_detector import NanDetector
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with caplog.at_level(logging.WARNING, logger="fairseq.nan_detector"):
+        with NanDetector(model):
+            model(torch.full((2, 4), float("nan"))).sum().backward()
+    assert "NaN detected in output of 0, shape: torch.Size([2, 4]), forward" in caplog.text
+
+
+def test_huffman_coder_round_trips_with_bitarray_3():
+    from fairseq.data.huffman import HuffmanCodeBuilder
+
+    builder = HuffmanCodeBuilder()
+    for symbol, count in (("a", 5), ("b", 3), ("c", 2), ("d", 1)):
+        builder.increment(symbol, count)
+    coder = builder.build_code()
+    tokens = ["a", "d", "c", "b", "a", "a", "c"]
+    assert [node.symbol for node in coder.decode(coder.encode(tokens))] == tokens
+
+
+def test_xformers_mask_conversion_accepts_uint8_masks():
+    from fairseq.modules.multihead_attention import _mask_for_xformers
+
+    mask = torch.tensor([[0, 1, 0]], dtype=torch.uint8)
+    additive = _mask_for_xformers(mask, to_dtype=torch.float32)
+    assert additive.tolist() == [[0.0, float("-inf"), 0.0]]
+
+
+@pytest.mark.parametrize("flag", ["--fp16", "--bf16", "--memory-efficient-fp16"])
+def test_half_precision_without_an_accelerator_is_refused_in_one_line(flag):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "unused-data-dir", "--task", "language_modeling", "--arch", "transformer_lm", "--cpu", flag])
+    with pytest.raises(ValueError, match=r"--fp16/--bf16 \(and --memory-efficient-fp16/bf16\) need a CUDA GPU .*"
+                                         r"drop the flag to train in float32"):
+        Trainer(convert_namespace_to_omegaconf(args), task=None, model=torch.nn.Linear(2, 2),
+                criterion=torch.nn.Module())

@@ -112,3 +112,31 @@ def test_checkpoint_loading_refuses_arbitrary_pickled_objects(tmp_path):
     torch.save({"model": {}, "args": None, "payload": _Exploit()}, path)
     with pytest.raises(pickle.UnpicklingError):
         checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def test_official_layout_checkpoint_with_eval_bleu_args_none_loads_through_fairseqs_loader(trained, tmp_path):
+    # the official Mega code writes the run's argparse Namespace under "args" (no "cfg"), with
+    # eval_bleu=True and eval_bleu_args=None; fairseq's own loader (fairseq-validate, scripts) must load it
+    from fairseq import checkpoint_utils
+
+    state = torch.load(trained["save"] / "checkpoint_last.pt", weights_only=False)  # our own file
+    args = state["cfg"]["model"]
+    args.eval_bleu, args.eval_bleu_args, args.eval_bleu_detok_args, args.eval_bleu_detok = True, None, None, "space"
+    state["args"], state["cfg"] = args, None
+    torch.save(state, tmp_path / "official_layout.pt")
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(tmp_path / "official_layout.pt")], arg_overrides={"data": str(trained["data"])})
+    assert cfg.task.eval_bleu and cfg.task.eval_bleu_args is None
+    assert task.sequence_generator is not None  # built with the default generation arguments
+    assert torch.equal(models[0].state_dict()["encoder.embed_tokens.weight"], state["model"]["encoder.embed_tokens.weight"])
+
+
+def test_fairseq_score_sacrebleu_scores_a_detokenized_file(tmp_path):
+    refs = ["the cat sat on the mat .", "a dog ran to the big house ."]
+    (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n")
+    (tmp_path / "sys.txt").write_text("\n".join(refs) + "\n")
+    proc = run_cli("fairseq-score", "--sacrebleu", "-s", tmp_path / "sys.txt", "-r", tmp_path / "ref.txt")
+    assert re.search(r"BLEU = 100\.00 ", proc.stdout), proc.stdout + proc.stderr[-2000:]
+    (tmp_path / "sys.txt").write_text("the cat sat on a mat .\na dog ran to the house .\n")
+    worse = run_cli("fairseq-score", "--sacrebleu", "-s", tmp_path / "sys.txt", "-r", tmp_path / "ref.txt")
+    assert 0 < float(re.search(r"BLEU = ([\d.]+) ", worse.stdout).group(1)) < 100
