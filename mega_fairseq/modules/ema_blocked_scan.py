@@ -1,31 +1,36 @@
-"""Blocked-scan evaluation of the causal Mega EMA (long sequences, carried states).
+"""Blocked-scan evaluation of the Mega EMA (long sequences, carried states).
 
-For one row ``r`` the EMA of an input sequence is
+For one row ``r`` the causal EMA of an input sequence is
 
     h[t] = q * h[t - 1] + p_beta * x[t]        (N-dimensional state)
     y[t] = sum_n gamma[n] * h[t, n]
 
-which equals the causal convolution of ``x`` with ``k[m] = sum_n gamma p_beta q^m``.
+which equals the causal convolution of ``x`` with ``k[m] = sum_n gamma p_beta q^m``; the
+anti-causal EMA runs the same recurrence backward in time (``y[t] = sum_m k[m] x[t + m]``).
 Instead of one long FFT (cost O(log L) per token with a large constant and poor
 memory locality on CPU) the sequence is cut into blocks of ``C = scan_block`` steps:
 
-* within a block, the causal convolution is a matmul with a ``C x C``
-  Toeplitz matrix built from ``k[0..C-1]``;
-* across blocks, only the N-dimensional state travels. A block's own end state
-  is ``sum_j p_beta q^(C-1-j) x[j]``; the carried state obeys
-  ``H[i] = q^C H[i-1] + own[i]``, solved by a log-depth doubling scan;
-* the carried state enters the next block as ``sum_n gamma q^(t+1) H[i-1]``.
+* within a block, the convolution is a matmul with a ``C x C`` Toeplitz matrix built from
+  ``k[0..C-1]`` (upper triangle causal, lower triangle anti-causal, both for the bidirectional
+  EMA: one matmul serves both directions);
+* across blocks, only the N-dimensional states travel. A block's own state at its end is
+  ``sum_j p_beta q^(C-1-j) x[j]`` (causal), at its start ``sum_j p_beta q^j x[j]`` (anti-causal);
+  the carried states obey ``H[i] = q^C H[i-1] + own[i]`` (causal: forward over blocks;
+  anti-causal: backward), solved by a log-depth doubling scan;
+* the carried state enters a block as ``sum_n gamma q^(t+1) H`` (causal, from the block before)
+  and ``sum_n gamma q^(C-t) H`` (anti-causal, from the block after).
 
-An initial state enters as the state carried into the first block, and the state after the
+A causal initial state enters as the state carried into the first block, and the state after the
 last input is returned on request (the decoding steps use both). Every step is exact (no
 division by ``q^t``; powers that underflow to 0 are fine). The cost per token is
-``2C + 4N`` multiply-adds plus a ``O(N log(L / C) / C)`` scan, independent of the length.
+``2C + 4N`` multiply-adds per direction plus a ``O(N log(L / C) / C)`` scan, independent of the
+length.
 
 Channel-first layout: inputs ``R x B x L`` (rows, batch, time), coefficients ``R x N``,
 states ``R x B x N``.
 """
 
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -51,54 +56,90 @@ def _doubling_scan(own_states: Tensor, log_q: Tensor, block: int) -> Tensor:
     return states
 
 
+class EMARows(NamedTuple):
+    """One EMA direction's coefficients, each ``R x N``: ``p * beta``, ``log q``, ``gamma * sqrt(1/N)``."""
+
+    p_beta: Tensor
+    log_q: Tensor
+    gamma: Tensor
+
+
 def blocked_scan_ema(
     x: Tensor,
-    p_beta: Tensor,
-    log_q: Tensor,
-    gamma: Tensor,
     scan_block: int,
+    causal: Optional[EMARows] = None,
+    anti_causal: Optional[EMARows] = None,
     initial_state: Optional[Tensor] = None,
     return_last_state: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """Causal EMA of ``x`` computed block by block.
+    """Causal and/or anti-causal EMA of ``x`` (their sum), computed block by block.
 
     Args:
         x: ``R x B x L`` input (already zero at padded positions), ``L >= 1``.
-        p_beta, log_q, gamma: ``R x N`` coefficients (``p * beta``, ``log q``,
-            ``gamma * sqrt(1/N)``).
         scan_block: block length ``C`` (clipped to ``L``).
-        initial_state: optional ``R x B x N`` state before ``x``.
-        return_last_state: also return the ``R x B x N`` state after the last input.
+        causal: coefficients of the causal EMA, or None.
+        anti_causal: coefficients of the anti-causal EMA, or None (at least one is given; lag 0
+            is counted by both).
+        initial_state: causal only: optional ``R x B x N`` state before ``x``.
+        return_last_state: causal only: also return the ``R x B x N`` state after the last input.
 
     Returns:
         ``R x B x L`` EMA output (without the ``omega`` residual), and the last state on request.
     """
+    if causal is None and anti_causal is None:
+        raise ValueError("blocked_scan_ema needs causal or anti_causal coefficients")
+    if anti_causal is not None and (initial_state is not None or return_last_state):
+        raise ValueError("initial_state and return_last_state are for the causal EMA only")
     rows, bsz, length = x.shape
-    ndim = log_q.size(-1)
     block = max(1, min(scan_block, length))
     num_blocks = -(-length // block)
     padded = num_blocks * block
     if padded != length:
-        x = F.pad(x, (0, padded - length))
+        x = F.pad(x, (0, padded - length))  # zeros at the end: nothing flows back from them
     x_blocks = x.reshape(rows, bsz * num_blocks, block)
 
-    toeplitz = toeplitz_from_lags(lag_table(block, ema_kernel(p_beta, log_q, gamma, block)))
+    forward_kernel = backward_kernel = None
+    if causal is not None:
+        forward_kernel = ema_kernel(causal.p_beta, causal.log_q, causal.gamma, block)
+    if anti_causal is not None:
+        backward_kernel = ema_kernel(anti_causal.p_beta, anti_causal.log_q, anti_causal.gamma, block)
+    if forward_kernel is None:
+        forward_kernel = backward_kernel.new_zeros(rows, 1)
+    toeplitz = toeplitz_from_lags(lag_table(block, forward_kernel, backward_kernel))
     out = torch.bmm(x_blocks, toeplitz)
     if num_blocks == 1 and initial_state is None and not return_last_state:
         return out.view(rows, bsz, padded)[..., :length]
 
-    # own end-of-block states: sum_j p_beta q^(C-1-j) x[j] -> R x B x nb x N
-    to_end = (p_beta.unsqueeze(-1) * geometric_powers(log_q, 0, block).flip(-1)).transpose(1, 2)  # R x C x N
-    own = torch.bmm(x_blocks, to_end).view(rows, bsz, num_blocks, ndim)
-    if initial_state is not None:
-        decay = torch.exp(log_q * float(block)).unsqueeze(1)
-        own = torch.cat([own[:, :, :1] + (decay * initial_state).unsqueeze(2), own[:, :, 1:]], dim=2)
-    states = _doubling_scan(own, log_q, block)  # state at the end of each block
-    start = initial_state if initial_state is not None else states.new_zeros(rows, bsz, ndim)
-    carried = torch.cat([start.unsqueeze(2), states[:, :, :-1]], dim=2)  # state before each block
-    # state read-out inside each block: sum_n gamma q^(t+1) H -> R x B x nb x C
-    read_out = gamma.unsqueeze(-1) * geometric_powers(log_q, 1, block)
-    out = torch.baddbmm(out, carried.reshape(rows, bsz * num_blocks, ndim), read_out)
+    # boundary states of each block's own inputs, both directions in one matmul: R x C x (N [+ N])
+    projections, read_outs = [], []
+    if causal is not None:  # to the block's end: p_beta q^(C-1-j)
+        projections.append(causal.p_beta.unsqueeze(-1) * geometric_powers(causal.log_q, 0, block).flip(-1))
+        read_outs.append(causal.gamma.unsqueeze(-1) * geometric_powers(causal.log_q, 1, block))  # gamma q^(t+1)
+    if anti_causal is not None:  # to the block's start: p_beta q^j
+        projections.append(anti_causal.p_beta.unsqueeze(-1) * geometric_powers(anti_causal.log_q, 0, block))
+        read_outs.append(anti_causal.gamma.unsqueeze(-1) * geometric_powers(anti_causal.log_q, 1, block).flip(-1))
+    own = torch.bmm(x_blocks, torch.cat(projections, dim=1).transpose(1, 2)).view(rows, bsz, num_blocks, -1)
+
+    carried = []  # the state each block receives from the others, R x B x nb x N per direction
+    if causal is not None:
+        ndim = causal.log_q.size(-1)
+        own_causal = own[..., :ndim]
+        if initial_state is not None:
+            decay = torch.exp(causal.log_q * float(block)).unsqueeze(1)
+            own_causal = torch.cat(
+                [own_causal[:, :, :1] + (decay * initial_state).unsqueeze(2), own_causal[:, :, 1:]], dim=2
+            )
+        states = _doubling_scan(own_causal, causal.log_q, block)  # state at the end of each block
+        start = initial_state if initial_state is not None else states.new_zeros(rows, bsz, ndim)
+        carried.append(torch.cat([start.unsqueeze(2), states[:, :, :-1]], dim=2))
+    if anti_causal is not None:
+        own_anti = own[..., own.size(-1) - anti_causal.log_q.size(-1):]
+        # state at the start of each block from it and every later block: a scan over reversed blocks
+        states_anti = _doubling_scan(own_anti.flip(2), anti_causal.log_q, block).flip(2)
+        carried.append(F.pad(states_anti[:, :, 1:], (0, 0, 0, 1)))
+    carried_all = torch.cat(carried, dim=-1) if len(carried) > 1 else carried[0]
+    read_out = torch.cat(read_outs, dim=1) if len(read_outs) > 1 else read_outs[0]
+    out = torch.baddbmm(out, carried_all.reshape(rows, bsz * num_blocks, -1), read_out)
     out = out.view(rows, bsz, padded)[..., :length]
     if not return_last_state:
         return out
@@ -108,7 +149,8 @@ def blocked_scan_ema(
     # not the padded block's end state (which has decayed past the last input)
     real = length - (num_blocks - 1) * block
     last_inputs = x[..., padded - block : padded - block + real]  # R x B x r
-    last_state = torch.exp(log_q * float(real)).unsqueeze(1) * carried[:, :, -1] + torch.bmm(
-        last_inputs, to_end[:, block - real:]
+    to_end = projections[0][..., block - real:].transpose(1, 2)  # R x r x N
+    last_state = torch.exp(causal.log_q * float(real)).unsqueeze(1) * carried[0][:, :, -1] + torch.bmm(
+        last_inputs, to_end
     )
     return out, last_state

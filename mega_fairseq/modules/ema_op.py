@@ -31,9 +31,10 @@ described above (the truncated multi-token case uses ``algorithm`` on the window
 from typing import Dict, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .ema_blocked_scan import blocked_scan_ema
+from .ema_blocked_scan import EMARows, blocked_scan_ema
 from .ema_fft import fft_conv
 from .ema_kernel import ema_kernel
 from .ema_toeplitz import toeplitz_conv_tbd
@@ -116,21 +117,18 @@ def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Opti
     length = x.size(0)
     p_beta, log_q, gamma = coefficients.p_beta, coefficients.log_q, coefficients.gamma
     rows = _SwapTimeAndChannels.apply(x)  # D x B x T
-    if bidirectional:  # the anti-causal half is the causal EMA of the time-reversed input
-        rows = torch.cat([rows, rows.flip(-1)], dim=0)
-    truncated = window is not None and window < length
-    if truncated:
-        # taps m >= W, removed: the same EMA with gamma * q^W, delayed by W steps
-        rows = torch.cat([rows, rows], dim=0)
-        gamma = torch.cat([gamma, gamma * torch.exp(log_q * float(window))], dim=0)
-        p_beta, log_q = p_beta.repeat(2, 1), log_q.repeat(2, 1)
-    out = blocked_scan_ema(rows, p_beta, log_q, gamma, block)
-    if truncated:
-        kept, tail = out.chunk(2, dim=0)
-        out = kept - torch.nn.functional.pad(tail[..., : length - window], (window, 0))
-    if bidirectional:
-        forward_part, backward_part = out.chunk(2, dim=0)
-        out = forward_part + backward_part.flip(-1)
+    causal = EMARows(p_beta[:dim], log_q[:dim], gamma[:dim])
+    anti_causal = EMARows(p_beta[dim:], log_q[dim:], gamma[dim:]) if bidirectional else None
+    out = blocked_scan_ema(rows, block, causal, anti_causal)
+    if window is not None and window < length:
+        # taps m >= W, removed: the same EMA with gamma * q^W, delayed (causal) or advanced
+        # (anti-causal) by W steps
+        tail_gamma = gamma * torch.exp(log_q * float(window))
+        causal_tail = blocked_scan_ema(rows, block, causal=causal._replace(gamma=tail_gamma[:dim]))
+        out = out - F.pad(causal_tail[..., : length - window], (window, 0))
+        if bidirectional:
+            anti_tail = blocked_scan_ema(rows, block, anti_causal=anti_causal._replace(gamma=tail_gamma[dim:]))
+            out = out - F.pad(anti_tail[..., window:], (0, window))
     return _SwapTimeAndChannels.apply(out)  # T x B x D
 
 
@@ -167,10 +165,8 @@ def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[i
             state = state + coefficients.q * initial_state
         return (state * coefficients.gamma).sum(-1).unsqueeze(0), state
     start = None if initial_state is None else initial_state.transpose(0, 1)  # D x B x N
-    out, last = blocked_scan_ema(
-        x.permute(2, 1, 0), coefficients.p_beta, coefficients.log_q, coefficients.gamma, block,
-        initial_state=start, return_last_state=True,
-    )
+    causal = EMARows(coefficients.p_beta, coefficients.log_q, coefficients.gamma)
+    out, last = blocked_scan_ema(x.permute(2, 1, 0), block, causal, initial_state=start, return_last_state=True)
     return out.permute(2, 1, 0), last.transpose(0, 1)
 
 
