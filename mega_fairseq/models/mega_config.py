@@ -13,11 +13,12 @@ from typing import Any, Dict, Optional
 
 from omegaconf import II
 
+from mega_fairseq.models.layer_execution import LayerExecutionSettings
 from mega_fairseq.models.mega_shared_config import MegaBlockSettings, MegaOutputSettings
 
 
 @dataclass
-class MegaConfig(MegaBlockSettings, MegaOutputSettings):
+class MegaConfig(MegaBlockSettings, MegaOutputSettings, LayerExecutionSettings):
     # ---- encoder
     encoder_embed_path: Optional[str] = field(default=None, metadata={"help": "path to pre-trained encoder embedding"})
     encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})

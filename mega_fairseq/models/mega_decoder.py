@@ -19,6 +19,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from fairseq.modules import AdaptiveSoftmax
 from torch import Tensor
 
+from mega_fairseq.models.layer_execution import compile_blocks, run_block
 from mega_fairseq.models.mega_settings import UNBOUNDED_POSITIONS, layer_config, parse_cutoff
 from mega_fairseq.modules import FairseqDropout, MegaDecoderLayer, SequenceNorm
 from mega_fairseq.modules.attention_weights import causal_attention_mask
@@ -74,6 +75,10 @@ class MegaDecoder(FairseqIncrementalDecoder):
                              cross_max_positions=cross_max_positions)
         self.layers = nn.ModuleList([MegaDecoderLayer(block) for _ in range(settings.decoder_layers)])
         self.num_layers = len(self.layers)
+        #: recompute each block's activations in the backward (--checkpoint-activations; not while decoding)
+        self.checkpoint_activations = bool(settings.checkpoint_activations)
+        if settings.compile_layers:
+            compile_blocks(self.layers)
         self.final_norm = None
         if settings.normalize_before:
             self.final_norm = SequenceNorm(norm_type, embed_dim, affine=final_norm_affine)
@@ -204,8 +209,9 @@ class MegaDecoder(FairseqIncrementalDecoder):
         attn: Optional[Tensor] = None
         inner_states: List[Optional[Tensor]] = [x]
         for idx, layer in enumerate(self.layers):
-            x, layer_attn, _ = layer(x, enc, enc_padding_mask, incremental_state, attn_mask=attn_mask,
-                                     decoder_padding_mask=padding_mask, need_attn=idx == alignment_layer)
+            x, layer_attn, _ = run_block(layer, self.checkpoint_activations and incremental_state is None,
+                                         x, enc, enc_padding_mask, incremental_state, attn_mask=attn_mask,
+                                         decoder_padding_mask=padding_mask, need_attn=idx == alignment_layer)
             inner_states.append(x)
             if layer_attn is not None and idx == alignment_layer:
                 attn = layer_attn.float().to(x)

@@ -7,6 +7,7 @@ import torch.nn as nn
 from fairseq.models import FairseqEncoder
 from torch import Tensor
 
+from mega_fairseq.models.layer_execution import compile_blocks, run_block
 from mega_fairseq.models.mega_settings import layer_config
 from mega_fairseq.modules import FairseqDropout, MegaEncoderLayer, SequenceNorm
 
@@ -59,6 +60,10 @@ class MegaEncoder(FairseqEncoder):
         self.layers = nn.ModuleList([MegaEncoderLayer(block) for _ in range(settings.encoder_layers)])
         self.num_layers = len(self.layers)
         self.final_norm = SequenceNorm(norm_type, embed_dim) if settings.normalize_before else None
+        #: recompute each block's activations in the backward (--checkpoint-activations)
+        self.checkpoint_activations = bool(settings.checkpoint_activations)
+        if settings.compile_layers:
+            compile_blocks(self.layers)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False):
         """Encode ``src_tokens`` (B x S, left or right padded).
@@ -103,7 +108,7 @@ class MegaEncoder(FairseqEncoder):
         x = x.transpose(0, 1)
         encoder_states: List[Tensor] = []
         for layer in self.layers:
-            x = layer(x, layer_mask)
+            x = run_block(layer, self.checkpoint_activations, x, layer_mask)
             if return_all_hiddens:
                 encoder_states.append(x)
         if self.final_norm is not None:

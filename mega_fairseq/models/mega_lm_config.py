@@ -18,11 +18,12 @@ from typing import Any, Dict, Optional
 
 from omegaconf import II
 
+from mega_fairseq.models.layer_execution import LayerExecutionSettings
 from mega_fairseq.models.mega_shared_config import MegaBlockSettings, MegaOutputSettings
 
 
 @dataclass
-class MegaLMConfig(MegaBlockSettings, MegaOutputSettings):
+class MegaLMConfig(MegaBlockSettings, MegaOutputSettings, LayerExecutionSettings):
     # ---- sizes
     decoder_embed_path: Optional[str] = field(default=None, metadata={"help": "path to pre-trained decoder embedding"})
     decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
