@@ -82,6 +82,35 @@ def test_recipe_scripts_prepare_train_and_evaluate(recipe, tmp_path):
         assert evaluated in (3000, 3001)
 
 
+def run_evaluate(data, checkpoint, **env):
+    proc = subprocess.run(["bash", str(EXAMPLES / "evaluate.sh"), "enwik8", str(data), str(checkpoint)],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHON=sys.executable, CPU="1", OMP_NUM_THREADS="1",
+                                   PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"], **env))
+    return proc
+
+
+def test_evaluate_keeps_the_trained_chunk_and_refuses_another_one_for_the_simple_relative_bias(tmp_path):
+    raw = tmp_path / "raw"
+    stand_in_enwik8(raw)
+    run_script("prepare.sh", "enwik8", raw, tmp_path / "prep", env_extra={"VALID_BYTES": "3000", "TEST_BYTES": "3000"})
+    data = tmp_path / "prep" / "data-bin"
+    run_script("train.sh", "enwik8", data, tmp_path / "ckpt", *TINY, "--rel-pos-bias", "simple")
+    checkpoint = tmp_path / "ckpt" / "checkpoint_last.pt"
+    # default: the chunk the model was trained with (16), not the official 4096
+    default = run_evaluate(data, checkpoint)
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert "[evaluate] attention chunk 16 (trained with 16, simple relative bias)" in default.stderr
+    assert "streaming evaluation: pieces of 48 tokens" in default.stdout + default.stderr
+    assert re.search(r"Loss \(base 2\): ([\d.]+)", default.stdout + default.stderr)
+    # another chunk cannot load the simple bias (2 x chunk - 1 weights): one clear line instead of a size mismatch
+    other = run_evaluate(data, checkpoint, TEST_CHUNK="32")
+    assert other.returncode == 2
+    assert ("TEST_CHUNK=32 differs from the attention chunk the model was trained with (16)" in other.stderr
+            and "Allowed: TEST_CHUNK=16 (or unset), or a model trained with --rel-pos-bias rotary" in other.stderr)
+    assert "size mismatch" not in other.stderr
+
+
 def test_prepare_rejects_unknown_recipe_and_missing_files(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
     bad = subprocess.run(["bash", str(EXAMPLES / "prepare.sh"), "ptb", tmp_path, tmp_path / "o"], capture_output=True,
