@@ -51,12 +51,9 @@ class GatedCrossAttention(GatedAttentionBase):
         hidden_dropout=0.0,
         activation="silu",
         attention_activation="softmax",
-        norm_type="layernorm",
-        prenorm=True,
-        norm_affine=True,
+        norm_type="layernorm", prenorm=True, norm_affine=True,  # the norm
         feature_dropout=False,
-        rel_pos_bias="simple",
-        max_positions=1024,
+        rel_pos_bias="simple", max_positions=1024,  # the relative positional bias
         export=False,
         padding_invariant=True,
     ):

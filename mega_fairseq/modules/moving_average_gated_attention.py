@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .attention_weights import attention_weights, causal_attention_mask
 from .exponential_moving_average import MultiHeadEMA
-from .fused_gates import split_gates
+from .fused_gates import attend_values, gated_attention_values, split_gates
 from .gated_attention_base import GatedAttentionBase
 from .relative_positional_bias import build_relative_positional_bias
 
@@ -137,23 +137,30 @@ class MovingAverageGatedAttention(GatedAttentionBase):
 
         # v_proj reads the normed input transposed, so v comes out Batch x Time x H: the layout
         # the chunked attention views (Batch x Chunks x ChunkLen x H) without copying it
-        v = self.hidden_dropout(self.activation(self.v_proj(x.transpose(0, 1))), batch_first=True)
+        v_pre = self.v_proj(x.transpose(0, 1))
         # T x B x D
         mx = self.dropout(self.move(x, padding_mask, incremental_state))
         # T x B x (D + Z + H + D) -> u, r, hx: T x B x C; q, k: B x T x Z
         u, q, k, r, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
 
-        if saved_state is not None:
-            h, weights = self._incremental_attention(q, k, v, padding_mask, saved_state, before_attn_fn)
-            self._set_input_buffer(incremental_state, saved_state)
+        if saved_state is None and not before_attn_fn and not self.hidden_dropout._active():
+            # whole sequence: (weights @ act(v)) * r as one function that keeps neither act(v) nor
+            # the attention output for the backward; B x T x H
+            weights = self._chunked_weights(q, k, padding_mask, attn_mask)
+            gated = gated_attention_values(self.attention_dropout(weights).to(v_pre.dtype), v_pre, r, self.activation)
         else:
-            h, weights = self._chunked_attention(q, k, v, padding_mask, attn_mask, before_attn_fn)
-        if before_attn_fn:
-            return weights, h
+            v = self.hidden_dropout(self.activation(v_pre), batch_first=True)
+            if saved_state is not None:
+                h, weights = self._incremental_attention(q, k, v, padding_mask, saved_state, before_attn_fn)
+                self._set_input_buffer(incremental_state, saved_state)
+            else:
+                h, weights = self._chunked_attention(q, k, v, padding_mask, attn_mask, before_attn_fn)
+            if before_attn_fn:
+                return weights, h
+            # B x T x H: laid out like h (the first operand), so h_proj reads it as it is
+            gated = h * r.transpose(0, 1)
 
-        # B x T x H: the product is laid out like h (its first operand), so h_proj reads it as is
-        # and its backward hands the attention a gradient it can view in chunks
-        h = self.h_proj(h * r.transpose(0, 1))
+        h = self.h_proj(gated)
         # B x T x D read as T x B x D
         out = self._gated_output(residual, h.transpose(0, 1), u, hx)
         return out, (weights if need_weights else None)
@@ -184,43 +191,51 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         h = torch.matmul(self.attention_dropout(weights).to(v.dtype), v)
         return h, weights
 
-    def _chunked_attention(self, q, k, v, padding_mask, attn_mask, before_attn_fn=False):
-        """Full-sequence attention, chunk by chunk.
+    def _chunk_frame(self, seq_len: int) -> Tuple[int, int]:
+        """``(frame, num_chunks)``: the attention frame length and the number of frames."""
+        if self.chunked and seq_len > self.chunk_size:
+            return self.chunk_size, math.ceil(seq_len / self.chunk_size)
+        return seq_len, 1
 
-        q, k: B x L x Z; v: B x L x H; padding_mask: B x L or None. Returns h (B x L x H) and the
-        weights (B x K x n x n).
+    def _chunked_weights(self, q, k, padding_mask, attn_mask, before_attn_fn=False) -> Tensor:
+        """Attention weights (or scores) within each chunk, Batch x Chunks x n x n.
+
+        q, k: B x L x Z (contiguous: the chunks are views); padding_mask: B x L or None. When L is
+        not a whole number of chunks, q and k are padded and the extra keys masked as padding.
         """
         bsz, seq_len, _ = q.shape
-        if self.chunked and seq_len > self.chunk_size:
-            frame = self.chunk_size
-            num_chunks = math.ceil(seq_len / frame)
-        else:
-            frame, num_chunks = seq_len, 1
+        frame, num_chunks = self._chunk_frame(seq_len)
         self.rel_pos_bias.check_length(frame)
-
         extra = num_chunks * frame - seq_len
         if extra > 0:
-            # Pad to a whole number of chunks; the extra keys are masked as padding.
-            q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+            q, k = F.pad(q, (0, 0, 0, extra)), F.pad(k, (0, 0, 0, extra))
             if padding_mask is None:
                 padding_mask = q.new_zeros(bsz, seq_len, dtype=torch.bool)
             padding_mask = F.pad(padding_mask, (0, extra), value=True)
-
         q = q.reshape(bsz, num_chunks, frame, self.zdim)
         k = k.reshape(bsz, num_chunks, frame, self.zdim)
-        v = v.reshape(bsz, num_chunks, frame, self.hdim)
         if padding_mask is not None:
             padding_mask = padding_mask.reshape(bsz, num_chunks, frame)
         if attn_mask is not None:
             attn_mask = self._fit_attn_mask(attn_mask, frame).to(q.dtype)
-
         bias = self.rel_pos_bias(frame).to(q.dtype)
-        h, weights = self._attend(q, k, v, bias, padding_mask, attn_mask, before_attn_fn)
+        return attention_weights(
+            q, k, bias, self.attention_activation, padding_mask, attn_mask, before_attn_fn=before_attn_fn
+        )
+
+    def _chunked_attention(self, q, k, v, padding_mask, attn_mask, before_attn_fn=False):
+        """Full-sequence attention, chunk by chunk.
+
+        q, k: B x L x Z; v: B x L x H; padding_mask: B x L or None. Returns h (B x L x H) and the
+        weights (B x K x n x n); with ``before_attn_fn``, v in chunks (B x K x n x H) and the scores.
+        """
+        weights = self._chunked_weights(q, k, padding_mask, attn_mask, before_attn_fn)
         if before_attn_fn:
-            return h, weights
-        h = h.reshape(bsz, num_chunks * frame, self.hdim)
-        if extra > 0:
-            h = h[:, :seq_len]
+            bsz, num_chunks, frame, _ = weights.shape
+            extra = num_chunks * frame - v.size(1)
+            v = F.pad(v, (0, 0, 0, extra)) if extra > 0 else v
+            return v.reshape(bsz, num_chunks, frame, self.hdim), weights
+        h = attend_values(self.attention_dropout(weights).to(v.dtype), v, v.size(1))
         return h, weights
 
     @staticmethod

@@ -1,9 +1,9 @@
-"""The fused gate split of the Mega self-attention has exact gradients.
+"""The fused gates of the Mega self-attention have exact gradients.
 
-* ``GateSplit`` passes a float64 gradcheck, with every output used and with only some used;
-* its values equal the plain definition (sigmoid / silu / scale-offset / slice);
+* ``GateSplit`` (the split of ``mx_proj``) and ``GatedAttentionValues`` (``(weights @ act(v)) *
+  r`` with recomputation) pass a float64 gradcheck; their values equal the plain definitions;
 * a whole ``MovingAverageGatedAttention`` gives the same outputs and gradients (input and every
-  parameter) as the same layer with the split written as plain autograd ops.
+  parameter) as the same layer with both written as plain autograd ops.
 """
 
 import pytest
@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from mega_fairseq.modules import moving_average_gated_attention as mega_attention
-from mega_fairseq.modules.fused_gates import GateSplit, split_gates
+from mega_fairseq.modules.activations import laplace
+from mega_fairseq.modules.fused_gates import (
+    GatedAttentionValues,
+    GateSplit,
+    attend_values,
+    gated_attention_values,
+    split_gates,
+)
 from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
 
 D, Z, H = 3, 2, 4
@@ -24,6 +31,11 @@ def plain_split(base, gamma, beta, embed_dim, zdim, hdim):
     q = (z * gamma[0] + beta[0]).transpose(0, 1)
     k = (z * gamma[1] + beta[1]).transpose(0, 1)
     return torch.sigmoid(u), q, k, F.silu(r), hx
+
+
+def plain_gated_values(weights, v_pre, r, activation):
+    """``(weights @ activation(v_pre)) * r`` with ordinary autograd ops (Batch x Time x H)."""
+    return attend_values(weights, activation(v_pre), v_pre.size(1)) * r.transpose(0, 1)
 
 
 def inputs(dtype=torch.float64, seed=0):
@@ -88,6 +100,26 @@ def test_fused_layer_gradients_equal_plain_autograd(monkeypatch, chunk_size, bid
 
     fused = gradients()
     monkeypatch.setattr(mega_attention, "split_gates", plain_split)
+    monkeypatch.setattr(mega_attention, "gated_attention_values", plain_gated_values)
     plain = gradients()
     for got, expected in zip(fused, plain):
         assert (got - expected).abs().max().item() < 1e-12
+
+
+def values_inputs(seq_len, chunks, frame, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(2, chunks, frame, frame, generator=gen, dtype=torch.float64).requires_grad_(True)
+    v_pre = torch.randn(2, seq_len, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    r = torch.randn(seq_len, 2, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    return weights, v_pre, r
+
+
+@pytest.mark.parametrize("activation", [F.silu, laplace, torch.tanh], ids=["silu", "laplace", "tanh"])
+@pytest.mark.parametrize("seq_len,chunks,frame", [(8, 2, 4), (7, 2, 4), (5, 1, 5)])
+def test_gated_attention_values_gradcheck_and_values(activation, seq_len, chunks, frame):
+    weights, v_pre, r = values_inputs(seq_len, chunks, frame)
+    fused = gated_attention_values(weights, v_pre, r, activation)
+    assert fused.shape == (2, seq_len, 3)
+    assert (fused - plain_gated_values(weights, v_pre, r, activation)).abs().max().item() < 1e-14
+    assert torch.autograd.gradcheck(lambda w, v, g: GatedAttentionValues.apply(w, v, g, activation),
+                                    (weights, v_pre, r))
