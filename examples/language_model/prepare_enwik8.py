@@ -48,7 +48,7 @@ def main() -> None:
     }
     for name, chunk in splits.items():
         write_tokens(chunk, os.path.join(args.out_dir, name + ".txt"))
-        print("[prepare] enwik8 {}: {} bytes".format(name, len(chunk)))
+        print("[prepare] {} {}: {} bytes".format(os.path.basename(args.enwik8_file), name, len(chunk)), flush=True)
 
 
 if __name__ == "__main__":

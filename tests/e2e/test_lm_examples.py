@@ -111,6 +111,21 @@ def test_evaluate_keeps_the_trained_chunk_and_refuses_another_one_for_the_simple
     assert "size mismatch" not in other.stderr
 
 
+def test_prepare_text_mode_binarizes_a_plain_text_file_byte_by_byte(tmp_path):
+    rng = random.Random(2)
+    text = "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + " caf\u00e9.\n" for _ in range(150))
+    source = tmp_path / "my_book.txt"
+    source.write_bytes(text.encode()[:4000])
+    log = run_script("prepare.sh", "text", source, tmp_path / "prep")
+    # 5% + 5% held out by default, announced before the slow steps
+    assert "the last 200 + 200 bytes are valid + test" in log
+    assert "[prepare] my_book.txt train: 3600 bytes" in log and "[prepare] my_book.txt test: 200 bytes" in log
+    assert "with 1 workers" in log and "[prepare] done:" in log
+    symbols = [line.split()[0] for line in (tmp_path / "prep" / "data-bin" / "dict.txt").read_text().splitlines()]
+    assert "195" in symbols and "169" in symbols  # the two UTF-8 bytes of the e with an accent
+    assert (tmp_path / "prep" / "data-bin" / "test.bin").stat().st_size > 0
+
+
 def test_prepare_rejects_unknown_recipe_and_missing_files(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
     bad = subprocess.run(["bash", str(EXAMPLES / "prepare.sh"), "ptb", tmp_path, tmp_path / "o"], capture_output=True,
