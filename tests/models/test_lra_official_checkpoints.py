@@ -177,3 +177,61 @@ def test_fairseq_validate_refuses_a_checkpoint_of_another_task(checkpoints, tmp_
                    "--path", path, "--valid-subset", "test", "--batch-size", "2", check=False)
     assert proc.returncode != 0
     assert "ValueError: --task speech_commands takes a model of type 'sc_raw'" in proc.stderr
+
+
+def hub_for(checkpoints, name, model_cls=None):
+    from mega_fairseq.models.lra import LRAModel
+
+    path = checkpoints[name][0]
+    data = checkpoint_utils.load_checkpoint_to_cpu(str(path))["args"].data
+    return (model_cls or LRAModel).from_pretrained(str(path.parent), path.name, data)
+
+
+def check_prediction(prediction, logits_row):
+    probabilities = torch.softmax(logits_row.float(), -1)
+    assert max_diff(prediction["probabilities"], probabilities) <= TOLERANCE
+    assert prediction["class_id"] == int(probabilities.argmax())
+
+
+def test_hub_predicts_a_token_sequence(checkpoints):
+    hub = hub_for(checkpoints, "text")
+    fixture = load_fixture("lra/lra_text_public")
+    raw = (REFERENCE_DIR / "lra" / "data-text" / "raw" / "valid.input").read_text().splitlines()
+    for batch_row, file_row in enumerate(TEXT_ROWS):
+        prediction = hub.predict(raw[file_row])
+        check_prediction(prediction, fixture["outputs"]["logits"][batch_row])
+        # class ids follow the label dictionary (2, 0, 1): the label is the string of that line
+        assert prediction["label"] == ["2", "0", "1"][prediction["class_id"]]
+    ids = fixture["per_row"][0]["net_input"]["src_tokens"][0]
+    check_prediction(hub.predict(ids.tolist()), fixture["outputs"]["logits"][0])
+
+
+def test_hub_predicts_a_pair_of_documents(checkpoints):
+    hub = hub_for(checkpoints, "retrieval")
+    raw = (REFERENCE_DIR / "lra" / "data-text" / "raw" / "valid.input").read_text().splitlines()
+    _, _, expected, _ = checkpoints["retrieval"]
+    prediction = hub.predict(raw[TEXT_ROWS[1]], second_document=raw[SECOND_DOCUMENT_ROWS[1]])
+    check_prediction(prediction, expected[1])
+
+
+def test_hub_predicts_a_pixel_sequence(checkpoints):
+    hub = hub_for(checkpoints, "image")
+    fixture = load_fixture("lra/lra_image_public")
+    lines = (REFERENCE_DIR / "lra" / "data-image" / "input" / "test.src").read_text().splitlines()
+    for batch_row, file_row in enumerate([3, 1, 0, 2]):
+        pixels = [int(p) for p in lines[file_row].split()]
+        prediction = hub.predict(pixels)
+        check_prediction(prediction, fixture["outputs"]["logits"][batch_row])
+        assert prediction["label"] == prediction["class_id"]
+
+
+def test_hub_predicts_a_waveform(checkpoints):
+    from mega_fairseq.models.sc_raw import SCRawModel
+
+    hub = hub_for(checkpoints, "speech", SCRawModel)
+    fixture = load_fixture("lra/lra_image_public")
+    waves = fixture["inputs"]["net_input"]["src_tokens"]
+    for row in range(len(waves)):
+        check_prediction(hub.predict(waves[row]), fixture["outputs"]["logits"][row])
+    with pytest.raises(ValueError, match="one non-empty sequence"):
+        hub.predict(waves)
