@@ -7,8 +7,8 @@ kernel) to avoid wrap-around. Instead of blindly using ``2 * L`` we pick the
 smallest even 2/3/5-smooth length that is long enough: pocketfft (the CPU
 backend of ``torch.fft``) is fastest on such sizes.
 
-:func:`fft_conv` takes the layers' Time x Batch x D layout and transforms along time, so no
-layout copy is needed; inputs are already in the compute dtype.
+:func:`fft_conv` takes channel-first tensors, ``D x B x L`` (channel, batch, time), already in
+the compute dtype.
 """
 
 import functools
@@ -77,19 +77,20 @@ def fft_conv(x: Tensor, forward_kernel: Tensor, backward_kernel: Optional[Tensor
     """``y[t] = sum_m fwd[m] x[t - m] (+ sum_m bwd[m] x[t + m])`` by FFT along time.
 
     Args:
-        x: ``T x B x D`` input (transformed along dim 0 in place of a layout change).
-        forward_kernel: ``D x K`` causal kernel, ``K <= T``.
+        x: ``D x B x L`` input (channel-first: transforming along a contiguous last dim is ~1.5x
+            faster than along dim 0 of Time x Batch x D, layout copies included).
+        forward_kernel: ``D x K`` causal kernel, ``K <= L``.
         backward_kernel: ``D x K`` anti-causal kernel (tap ``m`` weighs ``x[t + m]``), or None.
 
     Returns:
-        ``T x B x D``.
+        ``D x B x L``.
     """
-    length = x.size(0)
+    length = x.size(-1)
     n = fast_fft_length(length + forward_kernel.size(-1) - 1)
     if backward_kernel is None:
         buffer = forward_kernel
     else:
         buffer = two_sided_kernel_buffer(forward_kernel, backward_kernel, n)
-    x_f = torch.fft.rfft(x, n=n, dim=0)  # F x B x D
-    k_f = torch.fft.rfft(buffer, n=n).t().unsqueeze(1)  # F x 1 x D
-    return torch.fft.irfft(x_f * k_f, n=n, dim=0)[:length]
+    x_f = torch.fft.rfft(x, n=n)
+    k_f = torch.fft.rfft(buffer, n=n).unsqueeze(1)
+    return torch.fft.irfft(x_f * k_f, n=n)[..., :length]

@@ -37,6 +37,7 @@ from torch import Tensor
 from .ema_blocked_scan import EMARows, blocked_scan_ema
 from .ema_fft import fft_conv
 from .ema_kernel import ema_kernel
+from .ema_layout import swap_time_and_channels
 from .ema_toeplitz import toeplitz_conv_tbd
 
 ALGORITHMS = ("auto", "toeplitz", "fft", "blocked_scan")
@@ -87,36 +88,11 @@ class _Coefficients:
         return cached[:, :taps]
 
 
-def _swap_time_and_channels(x: Tensor) -> Tensor:
-    """``A x B x C`` -> contiguous ``C x B x A`` (Time x Batch x D <-> D x B x T) in two cheap copies.
-
-    A direct ``permute(2, 1, 0).contiguous()`` reads with a large stride for every element (on
-    CPU, ~50 ms for 2048 x 4 x 512 floats). Viewed as one ``A x (B C)`` matrix, the transpose
-    takes torch's blocked 2-D transpose (~9 ms), and ``B x C x A`` -> ``C x B x A`` then moves
-    whole contiguous rows (~1 ms).
-    """
-    first, middle, last = x.shape
-    rows = x.contiguous().view(first, middle * last).t().contiguous()  # (B C) x A
-    return rows.view(middle, last, first).transpose(0, 1).contiguous()
-
-
-class _SwapTimeAndChannels(torch.autograd.Function):
-    """:func:`_swap_time_and_channels` with the same cheap swap for the gradient."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return _swap_time_and_channels(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _swap_time_and_channels(grad)
-
-
 def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool, block: int) -> Tensor:
     """Whole-sequence blocked scan of ``T x B x D`` input; returns ``T x B x D``."""
     length = x.size(0)
     p_beta, log_q, gamma = coefficients.p_beta, coefficients.log_q, coefficients.gamma
-    rows = _SwapTimeAndChannels.apply(x)  # D x B x T
+    rows = swap_time_and_channels(x)  # D x B x T
     causal = EMARows(p_beta[:dim], log_q[:dim], gamma[:dim])
     anti_causal = EMARows(p_beta[dim:], log_q[dim:], gamma[dim:]) if bidirectional else None
     out = blocked_scan_ema(rows, block, causal, anti_causal)
@@ -129,7 +105,7 @@ def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Opti
         if bidirectional:
             anti_tail = blocked_scan_ema(rows, block, anti_causal=anti_causal._replace(gamma=tail_gamma[dim:]))
             out = out - F.pad(anti_tail[..., window:], (0, window))
-    return _SwapTimeAndChannels.apply(out)  # T x B x D
+    return swap_time_and_channels(out)  # T x B x D
 
 
 def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool,
@@ -143,7 +119,7 @@ def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Op
     forward_kernel, backward_kernel = (kernel[:dim], kernel[dim:]) if bidirectional else (kernel, None)
     if chosen == "toeplitz":
         return toeplitz_conv_tbd(x, forward_kernel, backward_kernel)
-    return fft_conv(x, forward_kernel, backward_kernel)
+    return swap_time_and_channels(fft_conv(swap_time_and_channels(x), forward_kernel, backward_kernel))
 
 
 def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], algorithm: str, block: int,
@@ -166,8 +142,9 @@ def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[i
         return (state * coefficients.gamma).sum(-1).unsqueeze(0), state
     start = None if initial_state is None else initial_state.transpose(0, 1)  # D x B x N
     causal = EMARows(coefficients.p_beta, coefficients.log_q, coefficients.gamma)
-    out, last = blocked_scan_ema(x.permute(2, 1, 0), block, causal, initial_state=start, return_last_state=True)
-    return out.permute(2, 1, 0), last.transpose(0, 1)
+    rows = swap_time_and_channels(x)  # D x B x T
+    out, last = blocked_scan_ema(rows, block, causal, initial_state=start, return_last_state=True)
+    return swap_time_and_channels(out), last.transpose(0, 1)
 
 
 def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state):

@@ -14,6 +14,7 @@ Gradients are compared through ``sum(output * random weights)``.
 import pytest
 import torch
 
+from mega_fairseq.modules.ema_layout import swap_time_and_channels
 from mega_fairseq.modules.ema_op import ALGORITHMS, multi_head_ema, pick_algorithm
 from mega_fairseq.modules.ema_reference import ema_reference
 from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
@@ -200,3 +201,12 @@ def test_auto_rule():
     assert pick_algorithm("auto", 80, 2) == "fft"
     assert pick_algorithm("auto", 80, 40) == "blocked_scan"
     assert pick_algorithm("auto", 96, 1) == "blocked_scan"
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 5), (1, 1, 4), (5, 2, 1)])
+def test_layout_swap_is_a_transpose_in_both_directions(shape):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    swapped = swap_time_and_channels(x)
+    assert swapped.is_contiguous() and torch.equal(swapped, x.permute(2, 1, 0))
+    assert torch.equal(swap_time_and_channels(swapped), x)
+    assert torch.autograd.gradcheck(swap_time_and_channels, (x,))

@@ -37,8 +37,10 @@ def test_toeplitz_conv_equals_fft(taps):
     torch.manual_seed(taps)
     x = torch.randn(9, 3, 5, dtype=torch.float64)  # Time x Batch x D
     forward, backward = torch.randn(5, taps, dtype=torch.float64), torch.randn(5, taps, dtype=torch.float64)
-    assert (toeplitz_conv_tbd(x, forward) - fft_conv(x, forward)).abs().max() < 1e-12
-    assert (toeplitz_conv_tbd(x, forward, backward) - fft_conv(x, forward, backward)).abs().max() < 1e-12
+    x_channels = x.permute(2, 1, 0)  # fft_conv is channel-first: D x B x L
+    assert (toeplitz_conv_tbd(x, forward) - fft_conv(x_channels, forward).permute(2, 1, 0)).abs().max() < 1e-12
+    two_sided = fft_conv(x_channels, forward, backward).permute(2, 1, 0)
+    assert (toeplitz_conv_tbd(x, forward, backward) - two_sided).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
