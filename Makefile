@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 # pytest workers: 2 matches the 2-core CI machine; each worker keeps torch to one thread.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-fast demo demo-translation demo-lm bench clean help
+.PHONY: install test test-fast demo demo-translation demo-lm demo-lra bench clean help
 
 help:
 	@echo "make demo   - set up, then train/translate/score a tiny Mega and a tiny Mega LM (~10 min)"
 	@echo "make test   - set up, then run the test suite (~10 min on 2 cores)"
 	@echo "make test-fast - set up, then only the unit tests (no subprocess runs; under a minute)"
+	@echo "make demo-lra - set up, then train a small Mega on short ListOps (LRA) on CPU and print its test accuracy (~5 min)"
 	@echo "make install- only set up .venv (torch 2.13.0 CPU, patched fairseq 0.12.2, mega_fairseq)"
 	@echo "make bench  - run the benchmarks in benchmarks/ (prints JSON)"
 
@@ -33,6 +34,10 @@ demo-translation: install
 
 demo-lm: install
 	bash examples/language_model/demo.sh
+
+# Long Range Arena: ListOps at reduced length, accuracy vs the majority class (examples/lra/demo.sh)
+demo-lra: install
+	bash examples/lra/demo.sh
 
 bench: install
 	$(BIN)/python benchmarks/bench_layers.py
