@@ -9,6 +9,10 @@ the machine's conditions. Both models have about the same parameter count (print
     python benchmarks/bench_lm.py                       # 512 ... 16384
     python benchmarks/bench_lm.py --lengths 1024 4096 --steps 3
 
+``--baseline-rev REV`` adds a ``mega_lm@REV`` row per length: the same model whose
+``MovingAverageGatedAttention`` layers run the code of git revision ``REV`` (read with ``git show``
+at run time, see ``bench_layers.py``), for before/after figures from one run.
+
 Two extra rows per length measure scoring alone (a fresh process, no training first):
 ``mega_lm:eval`` (one full forward) and ``mega_lm:eval-stream1024`` (the same block streamed
 1024 tokens at a time, as fairseq-eval-lm --test-chunk-size does), with their peak memory.
@@ -71,6 +75,25 @@ def build(kind: str, length: int):
     return TransformerLanguageModel.build_model(args, task)
 
 
+def use_baseline_attention(model, rev: str) -> int:
+    """Run every ``MovingAverageGatedAttention`` of ``model`` with the class as it was at ``rev``.
+
+    The instances keep their weights and attributes; only their class (their code) changes.
+    Returns how many layers were switched.
+    """
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_layers import load_baseline_layer_class
+    from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
+
+    baseline = load_baseline_layer_class(rev)
+    switched = 0
+    for module in model.modules():
+        if type(module) is MovingAverageGatedAttention:
+            module.__class__ = baseline
+            switched += 1
+    return switched
+
+
 def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: float) -> dict:
     # Cap this process's address space: a point that needs more fails here with an allocation
     # error (recorded as skipped) instead of pushing the machine into the OOM killer.
@@ -82,7 +105,10 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
     torch.manual_seed(0)
     if kind.startswith("mega_lm:eval"):
         return run_eval_memory_point(kind, length, steps)
-    model = build(kind, length)
+    model_kind, _, rev = kind.partition("@")
+    model = build(model_kind, length)
+    if rev and use_baseline_attention(model, rev) == 0:
+        raise RuntimeError("no MovingAverageGatedAttention layer found to run at revision {}".format(rev))
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     tokens = torch.randint(4, VOCAB, (1, length))
@@ -149,6 +175,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per point before it is recorded as skipped")
     parser.add_argument("--max-memory-gb", type=float, default=10.0,
                         help="address-space cap of each point's process (beyond it the point is skipped)")
+    parser.add_argument("--baseline-rev", metavar="REV",
+                        help="also train mega_lm with its attention layers as they were at git revision REV")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -157,7 +185,10 @@ def main() -> None:
 
     results = []
     for length in args.lengths:
-        for kind in ("mega_lm", "transformer_lm", "mega_lm:eval", "mega_lm:eval-stream{}".format(args.stream)):
+        kinds = ["mega_lm", "transformer_lm", "mega_lm:eval", "mega_lm:eval-stream{}".format(args.stream)]
+        if args.baseline_rev:
+            kinds.insert(1, "mega_lm@{}".format(args.baseline_rev))
+        for kind in kinds:
             cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, str(length), "--steps", str(args.steps),
                    "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
             try:
@@ -179,7 +210,15 @@ def main() -> None:
             ratios[str(length)] = {
                 "train_speedup": round(mega["train_tokens_per_s"] / trans["train_tokens_per_s"], 2),
                 "eval_speedup": round(mega["eval_tokens_per_s"] / trans["eval_tokens_per_s"], 2),
+                "train_peak_memory": round(mega["train_peak_rss_mb"] / max(trans["train_peak_rss_mb"], 1e-9), 2),
             }
+            before = next((r for r in results if r["model"] == "mega_lm@{}".format(args.baseline_rev)
+                           and r["context"] == length), {})
+            if "train_peak_rss_mb" in before:
+                ratios[str(length)]["baseline_train_peak_memory"] = round(
+                    before["train_peak_rss_mb"] / max(trans["train_peak_rss_mb"], 1e-9), 2)
+                ratios[str(length)]["baseline_train_speedup"] = round(
+                    before["train_tokens_per_s"] / trans["train_tokens_per_s"], 2)
     print(json.dumps({"threads": args.threads, "steps": args.steps, "mega_config": MEGA,
                       "transformer_config": TRANSFORMER, "points": results, "mega_over_transformer": ratios}, indent=1))
 
