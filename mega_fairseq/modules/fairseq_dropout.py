@@ -31,7 +31,8 @@ class _DropoutBase(nn.Module):
         self.module_name = module_name
         self.apply_during_inference = False
 
-    def _active(self) -> bool:
+    def is_active(self) -> bool:
+        """Whether a call drops anything now (p > 0, and training or retained at inference)."""
         return self.p > 0.0 and (self.training or self.apply_during_inference)
 
     def make_generation_fast_(
@@ -72,7 +73,7 @@ class FairseqDropout(_DropoutBase):
     """Element-wise dropout; ``batch_first`` is accepted for interface symmetry and ignored."""
 
     def forward(self, x: Tensor, batch_first: bool = False, inplace: bool = False) -> Tensor:
-        if not self._active():
+        if not self.is_active():
             return x
         return element_dropout(x, self.p, inplace=inplace)
 
@@ -86,7 +87,7 @@ class FairseqFeatureDropout(_DropoutBase):
     """
 
     def forward(self, x: Tensor, batch_first: bool = False, inplace: bool = False) -> Tensor:
-        if not self._active():
+        if not self.is_active():
             return x
         if x.dim() < 3:
             raise ValueError(

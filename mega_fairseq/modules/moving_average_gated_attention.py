@@ -31,6 +31,12 @@ class MovingAverageGatedAttention(GatedAttentionBase):
     internally). Incremental decoding (causal modules only) caches keys/values of the current
     chunk and remembers decoder padding across steps; a step may hold several tokens.
 
+    Layout: the residual path, the EMA and the gates (u, r, hx) stay Time x Batch; queries,
+    keys, values and the attention output are Batch x Time, so chunks are views, never copies
+    (``v_proj`` reads the normed input transposed; the gate split writes q and k Batch x Time).
+    The gate split and ``(attn v) * r`` are fused autograd functions (``fused_gates``). Padded
+    positions holding NaN/inf never reach real ones.
+
     Constructor arguments, parameter names and the forward signature follow the official code.
     """
 
@@ -143,7 +149,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         # T x B x (D + Z + H + D) -> u, r, hx: T x B x C; q, k: B x T x Z
         u, q, k, r, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
 
-        if saved_state is None and not before_attn_fn and not self.hidden_dropout._active():
+        if saved_state is None and not before_attn_fn and not self.hidden_dropout.is_active():
             # whole sequence: (weights @ act(v)) * r as one function that keeps neither act(v) nor
             # the attention output for the backward; B x T x H
             weights = self._chunked_weights(q, k, padding_mask, attn_mask)

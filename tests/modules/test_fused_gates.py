@@ -123,3 +123,23 @@ def test_gated_attention_values_gradcheck_and_values(activation, seq_len, chunks
     assert (fused - plain_gated_values(weights, v_pre, r, activation)).abs().max().item() < 1e-14
     assert torch.autograd.gradcheck(lambda w, v, g: GatedAttentionValues.apply(w, v, g, activation),
                                     (weights, v_pre, r))
+
+
+def test_layer_with_active_hidden_dropout_takes_the_plain_path_and_agrees():
+    """Hidden dropout between act(v) and the attention rules out recomputing act(v); the plain
+    path then runs. With a drop rate of 1e-12 it must give the fused path's values and gradients."""
+    torch.manual_seed(4)
+    fused_layer = MovingAverageGatedAttention(8, 4, 12, 2, chunk_size=4, max_positions=16).double().train()
+    plain_layer = MovingAverageGatedAttention(8, 4, 12, 2, chunk_size=4, max_positions=16,
+                                              hidden_dropout=1e-12).double().train()
+    plain_layer.load_state_dict(fused_layer.state_dict())
+    assert plain_layer.hidden_dropout.is_active() and not fused_layer.hidden_dropout.is_active()
+    x = torch.randn(9, 2, 8, dtype=torch.float64)
+    results = []
+    for layer in (fused_layer, plain_layer):
+        x_in = x.clone().requires_grad_(True)
+        out, _ = layer(x_in)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        results.append([out.detach(), x_in.grad] + [p.grad for p in layer.parameters()])
+    for got, expected in zip(*results):
+        assert (got - expected).abs().max().item() < 1e-9
