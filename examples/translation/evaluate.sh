@@ -36,6 +36,8 @@ if [ "$(wc -l < "$OUT_DIR/hyp.detok.txt")" != "$(wc -l < "$REFERENCE")" ]; then
     echo "error: $(wc -l < "$OUT_DIR/hyp.detok.txt") hypotheses for $(wc -l < "$REFERENCE") reference lines" >&2
     exit 1
 fi
+# the generation speed ("Translated N sentences (M tokens) in Ts (... tokens/s)") and the BLEU line
+grep -E 'Translated [0-9,]+ sentences' "$OUT_DIR/generate-test.txt" | sed -E 's/^.*\| (Translated)/\1/' || true
 tail -n 1 "$OUT_DIR/generate-test.txt"
 echo "[evaluate] sacrebleu $REFERENCE < $OUT_DIR/hyp.detok.txt"
 sacrebleu "$REFERENCE" -i "$OUT_DIR/hyp.detok.txt" -m bleu -b -w 2
