@@ -143,7 +143,10 @@ def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[i
             out = (span * coefficients.reversed_taps(window)).sum(0, keepdim=True)
         else:
             out = _whole_sequence(span, coefficients, dim, window, False, algorithm, block)[window - 1:]
-        return out, span[span.size(0) - (window - 1):].permute(1, 2, 0)
+        last_inputs = span[span.size(0) - (window - 1):]
+        if length > 1:  # a copy, so that the saved state does not keep a long span alive
+            last_inputs = last_inputs.clone()
+        return out, last_inputs.permute(1, 2, 0)
     if length == 1:  # the recurrence: h = q h + p_beta x ; y = sum_n gamma h
         state = x[0].unsqueeze(-1) * coefficients.p_beta
         if initial_state is not None:
