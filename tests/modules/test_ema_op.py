@@ -7,7 +7,7 @@ coefficient tensors and the initial state), in float64:
   causal and bidirectional; untruncated, truncated, window longer than the sequence;
 * streaming: one-token steps, multi-token steps, prefill handing its last state to decoding;
 * lengths from 1 to 5000 (the long cases use D=4, N=2, B=1 to stay fast; the dense Toeplitz
-  path is left out there: it would build a 5000 x 5000 matrix per channel).
+  path runs its 4096-step case on one channel: it builds a 4096 x 4096 matrix per channel).
 
 Gradients are compared through ``sum(output * random weights)``.
 """
@@ -87,6 +87,12 @@ def test_whole_sequence_paths_equal_reference(length, bidirectional, window):
 @pytest.mark.parametrize("length,bidirectional", [(5000, False), (4096, True)])
 def test_long_whole_sequence_paths_equal_reference(length, bidirectional, window):
     check_whole_sequence(length, 1, 4, 2, bidirectional, window, LONG_PATHS, seed=length + 7)
+
+
+def test_long_dense_toeplitz_equals_reference():
+    """The dense path at 4096 steps too, both triangles and a window (one channel: the
+    4096 x 4096 matrix is 128 MB in float64; the windowed reference is the quicker one)."""
+    check_whole_sequence(4096, 1, 1, 2, True, 700, [("toeplitz", None)], seed=21)
 
 
 # ------------------------------------------------------------------------- streaming
