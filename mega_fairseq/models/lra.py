@@ -22,7 +22,14 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor
 
 from mega_fairseq.models.arch_presets import register_presets
-from mega_fairseq.models.lra_config import LRA_PRESETS, LRAConfig, check_classifier_settings, classifier_layer_config
+from mega_fairseq.models.lra_config import (
+    LRA_FLAG_DEFAULTS,
+    LRA_PRESETS,
+    LRAConfig,
+    check_classifier_settings,
+    classifier_layer_config,
+    resolve_flag_defaults,
+)
 from mega_fairseq.models.lra_encoder import LRAEncoder
 from mega_fairseq.models.lra_sequence_encoder import MegaSequenceEncoder
 from mega_fairseq.models.mega_settings import read_settings
@@ -53,8 +60,9 @@ class LRAModel(FairseqEncoderModel):
         encoder: the :class:`LRAEncoder` (its ``encoder`` is the Mega stack).
     """
 
-    #: the config dataclass this model reads its settings into
+    #: the config dataclass this model reads its settings into, and its flags' official defaults
     config_class = LRAConfig
+    flag_defaults = LRA_FLAG_DEFAULTS
 
     def __init__(self, settings: LRAConfig, encoder: LRAEncoder):
         super().__init__(encoder)
@@ -89,10 +97,16 @@ class LRAModel(FairseqEncoderModel):
         return input_type
 
     @classmethod
+    def read_config(cls, cfg):
+        """The resolved, checked settings of ``cfg`` (DictConfig or Namespace)."""
+        settings = resolve_flag_defaults(read_settings(cfg, cls.config_class), cls.flag_defaults)
+        check_classifier_settings(settings)
+        return settings
+
+    @classmethod
     def build_model(cls, cfg, task):
         """Build from a config DictConfig or an argparse Namespace (official checkpoints' ``args``)."""
-        settings = read_settings(cfg, cls.config_class)
-        check_classifier_settings(settings)
+        settings = cls.read_config(cfg)
         input_type = cls.input_type(settings, task)
         dictionary = task.source_dictionary if input_type == "text" else None
         stack = MegaSequenceEncoder(

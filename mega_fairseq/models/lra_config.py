@@ -18,6 +18,7 @@ Derived settings (``encoder_ffn_embed_dim`` <- ``encoder_hidden_dim``, ``classif
 ``encoder_embed_dim``, ``max_positions`` <- the task's ``tokens_per_sample``) stay ``None`` here
 until :func:`mega_fairseq.models.mega_settings.read_settings` fills them from its one table.
 """
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -83,11 +84,24 @@ class LRAConfig(FairseqDataclass):
     classifier_out_dim: Optional[int] = field(default=2048, metadata={"help": "classifier hidden dimension"})
     classifier_activation_fn: ChoiceEnum(ACTIVATIONS) = field(
         default="gelu", metadata={"help": "activation of the classifier layers"})
-    apply_bert_init: bool = field(default=True, metadata={"help": "initialise every linear layer and embedding "
-                                                                   "N(0, 0.02) (BERT style)"})
+    apply_bert_init: Optional[bool] = field(
+        default=None, metadata={"help": "initialise every linear layer and embedding N(0, 0.02) (BERT style); "
+                                        "unset: see FLAG_DEFAULTS"})
     # ---- the official fallback of max_positions (the LRA tasks are argparse tasks: no interpolation)
     tokens_per_sample: Optional[int] = field(
         default=None, metadata={"help": "max_positions when that is unset (as officially)"})
+
+
+#: Flags whose official default is True. fairseq turns a dataclass bool that defaults to True into a
+#: ``store_false`` option, which would invert the official ``store_true`` flag; such fields default
+#: to None ("not given") and take these values in :func:`resolve_flag_defaults`.
+LRA_FLAG_DEFAULTS: Dict[str, bool] = {"apply_bert_init": True}
+
+
+def resolve_flag_defaults(settings, flag_defaults: Dict[str, bool]):
+    """``settings`` with each unset (None) flag of ``flag_defaults`` set to its official default."""
+    unset = {name: value for name, value in flag_defaults.items() if getattr(settings, name) is None}
+    return dataclasses.replace(settings, **unset) if unset else settings
 
 
 def _mega_lra_preset(hidden, z, layers, embed, chunk, truncation, max_positions, norm, **extra) -> Dict[str, Any]:

@@ -9,7 +9,7 @@ from fairseq.models import register_model
 
 from mega_fairseq.models.arch_presets import register_presets
 from mega_fairseq.models.lra import LRAModel
-from mega_fairseq.models.sc_raw_config import SC_RAW_PRESETS, SCRawConfig
+from mega_fairseq.models.sc_raw_config import SC_RAW_FLAG_DEFAULTS, SC_RAW_PRESETS, SCRawConfig
 
 
 @register_model("sc_raw", dataclass=SCRawConfig)
@@ -17,6 +17,7 @@ class SCRawModel(LRAModel):
     """:class:`LRAModel` reading :class:`SCRawConfig`; the input is always real-valued waveforms."""
 
     config_class = SCRawConfig
+    flag_defaults = SC_RAW_FLAG_DEFAULTS
 
     @classmethod
     def input_type(cls, settings, task) -> str:

@@ -33,14 +33,19 @@ class SCRawConfig(LRAConfig):
     attention_activation_fn: ChoiceEnum(ATTENTION_ACTIVATIONS) = field(
         default="laplace", metadata={"help": "attention activation function"})
     norm_type: ChoiceEnum(NORMALIZATION_TYPES) = field(default="batchnorm", metadata={"help": "normalization"})
-    encoder_normalize_before: bool = field(default=True, metadata={"help": "pre-norm layers (plus a final norm)"})
+    encoder_normalize_before: Optional[bool] = field(
+        default=None, metadata={"help": "pre-norm layers (plus a final norm); unset: True (SC_RAW_FLAG_DEFAULTS)"})
     input_type: Optional[ChoiceEnum(INPUT_TYPES)] = field(
         default="image", metadata={"help": "always image: one real value per audio sample"})
     sentence_class_num: int = field(default=10, metadata={"help": "number of classes"})
     classifier_out_dim: Optional[int] = field(
         default=None, metadata={"help": "classifier hidden dimension (default: 2 * encoder_embed_dim)"})
-    apply_bert_init: bool = field(default=False, metadata={"help": "initialise every linear layer N(0, 0.02)"})
+    apply_bert_init: Optional[bool] = field(
+        default=None, metadata={"help": "initialise every linear layer N(0, 0.02); unset: False"})
 
+
+#: Unset flags of ``sc_raw`` take these official defaults (see ``lra_config.LRA_FLAG_DEFAULTS``).
+SC_RAW_FLAG_DEFAULTS: Dict[str, bool] = {"apply_bert_init": False, "encoder_normalize_before": True}
 
 #: The official presets of ``sc_raw`` (``mega_sc_raw`` and ``mega_sc_raw_base`` are the base values).
 SC_RAW_PRESETS: Dict[str, Dict[str, Any]] = {

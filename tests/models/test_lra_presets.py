@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 
 import mega_fairseq
 from helpers import StubTask
+from mega_fairseq.models.lra import LRAModel
+from mega_fairseq.models.sc_raw import SCRawModel
 from mega_fairseq.models.arch_presets import PRESETS, preset_yaml, preset_yaml_path
 from mega_fairseq.models.lra_config import LRA_PRESETS, LRAConfig
 from mega_fairseq.models.mega_settings import read_settings
@@ -22,6 +24,7 @@ LRA_ARCHS = ["lra", "mega_lra_listop", "mega_lra_imdb", "mega_lra_aan", "mega_lr
 SC_ARCHS = ["sc_raw", "mega_sc_raw", "mega_sc_raw_base", "mega_sc_raw_big"]
 TEXT_ARCHS = ["lra", "mega_lra_listop", "mega_lra_imdb", "mega_lra_aan"]
 CONFIG = {"lra": LRAConfig, "sc_raw": SCRawConfig}
+MODEL = {"lra": LRAModel, "sc_raw": SCRawModel}
 
 #: official values (SPEC: preset table; sc_raw base_architecture), independent of the preset data
 OFFICIAL = {
@@ -93,7 +96,7 @@ def test_shipped_yaml_equals_the_preset(arch):
 
 @pytest.mark.parametrize("arch", sorted(OFFICIAL))
 def test_presets_carry_the_official_values(arch):
-    settings = read_settings(arch_cfg(arch).model, CONFIG[model_of(arch)])
+    settings = MODEL[model_of(arch)].read_config(arch_cfg(arch).model)
     for key, value in OFFICIAL[arch].items():
         assert getattr(settings, key) == value, key
     if arch.startswith("mega_lra"):
@@ -135,7 +138,11 @@ def test_command_line_values_win_over_the_preset():
 
 
 def test_derived_settings_follow_the_official_rules():
-    sc = read_settings(arch_cfg("mega_sc_raw", ["--encoder-embed-dim", "40"]).model, SCRawConfig)
+    sc = SCRawModel.read_config(arch_cfg("mega_sc_raw", ["--encoder-embed-dim", "40"]).model)
+    assert sc.encoder_normalize_before is True and sc.apply_bert_init is False
+    assert LRAModel.read_config(arch_cfg("lra").model).apply_bert_init is True
+    assert LRAModel.read_config(arch_cfg("lra", ["--apply-bert-init"]).model).apply_bert_init is True
+    assert LRAModel.read_config(arch_cfg("mega_lra_imdb").model).apply_bert_init is False
     assert sc.classifier_out_dim == 80 and sc.classifier_in_dim == 40
     assert sc.encoder_ffn_embed_dim == sc.encoder_hidden_dim == 120
     namespace = read_settings(argparse.Namespace(encoder_embed_dim=32, tokens_per_sample=300), LRAConfig)
