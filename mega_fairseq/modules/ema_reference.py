@@ -26,12 +26,14 @@ from torch import Tensor
 
 def _causal_recurrence(x: Tensor, q: Tensor, p_beta: Tensor, gamma: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
     """``x``: T x B x D; coefficients D x N; ``state``: B x D x N. Returns (T x B x D, B x D x N)."""
-    outputs = []
+    drive = p_beta * x.unsqueeze(-1)  # T x B x D x N: p_beta x[t]
+    states = []
     for t in range(x.size(0)):
-        state = q * state + p_beta * x[t].unsqueeze(-1)
-        outputs.append((gamma * state).sum(-1))
-    out = torch.stack(outputs) if outputs else x.new_zeros(x.shape)
-    return out, state
+        state = q * state + drive[t]
+        states.append(state)
+    if not states:
+        return x.new_zeros(x.shape), state
+    return (gamma * torch.stack(states)).sum(-1), state
 
 
 def _causal_window(x: Tensor, q: Tensor, p_beta: Tensor, gamma: Tensor, window: int, previous: Tensor) -> Tuple[Tensor, Tensor]:
