@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .activations import silu
+
 GateTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
@@ -151,21 +153,21 @@ def attend_values(weights: Tensor, v: Tensor, seq_len: int) -> Tensor:
 
 
 class GatedAttentionValues(torch.autograd.Function):
-    """``p = (weights @ act(v_pre)) * r``, keeping only ``weights``, ``v_pre`` and ``r`` for the backward.
+    """``p = (weights @ silu(v_pre)) * r``, keeping only ``weights``, ``v_pre`` and ``r`` for the backward.
 
-    Plain autograd keeps ``act(v_pre)`` and ``weights @ v`` alive until the backward and
+    Plain autograd keeps ``silu(v_pre)`` and ``weights @ v`` alive until the backward and
     allocates the product separately; here the product is formed in place in the attention
     output and both are recomputed in the backward (one chunk-wise matmul, ~2 n H flops a token).
+    The backward uses only explicit derivatives (no nested autograd call), so it traces as one
+    graph under ``torch.compile``.
 
     Shapes: weights Batch x Chunks x n x n; v_pre Batch x Time x H; r Time x Batch x H. Returns
     p Batch x Time x H.
     """
 
     @staticmethod
-    def forward(ctx, weights: Tensor, v_pre: Tensor, r: Tensor, activation):
-        seq_len = v_pre.size(1)
-        attended = attend_values(weights, activation(v_pre), seq_len)
-        ctx.activation = activation
+    def forward(ctx, weights: Tensor, v_pre: Tensor, r: Tensor):
+        attended = attend_values(weights, F.silu(v_pre), v_pre.size(1))
         ctx.save_for_backward(weights, v_pre, r)
         return attended.mul_(r.transpose(0, 1))
 
@@ -174,42 +176,39 @@ class GatedAttentionValues(torch.autograd.Function):
         weights, v_pre, r = ctx.saved_tensors
         seq_len = v_pre.size(1)
         bsz, num_chunks, frame, _ = weights.shape
-        with torch.enable_grad():
-            v_pre_leaf = v_pre.detach().requires_grad_(True)
-            v = ctx.activation(v_pre_leaf)
+        v = F.silu(v_pre)
         grad_r = None
         if ctx.needs_input_grad[2]:
             # recomputed attention output, turned into r's gradient in place: Batch x Time x H
-            grad_r = attend_values(weights, v.detach(), seq_len).mul_(grad_p).transpose(0, 1)
+            grad_r = attend_values(weights, v, seq_len).mul_(grad_p).transpose(0, 1)
         grad_attended = grad_p * r.transpose(0, 1)
         extra = num_chunks * frame - seq_len
         if extra > 0:
             grad_attended = F.pad(grad_attended, (0, 0, 0, extra))
-            v_chunks = F.pad(v.detach(), (0, 0, 0, extra))
-        else:
-            v_chunks = v.detach()
+            v = F.pad(v, (0, 0, 0, extra))
         grad_attended = grad_attended.reshape(bsz, num_chunks, frame, -1)
-        v_chunks = v_chunks.reshape(bsz, num_chunks, frame, -1)
         grad_weights = None
         if ctx.needs_input_grad[0]:
-            grad_weights = torch.matmul(grad_attended, v_chunks.transpose(-1, -2))
+            grad_weights = torch.matmul(grad_attended, v.reshape(bsz, num_chunks, frame, -1).transpose(-1, -2))
         grad_v_pre = None
         if ctx.needs_input_grad[1]:
             grad_v = torch.matmul(weights.transpose(-1, -2), grad_attended)
             grad_v = grad_v.view(bsz, num_chunks * frame, -1)[:, :seq_len]
-            (grad_v_pre,) = torch.autograd.grad(v, v_pre_leaf, grad_v)
-        return grad_weights, grad_v_pre, grad_r, None
+            grad_v_pre = torch.ops.aten.silu_backward(grad_v, v_pre)
+        return grad_weights, grad_v_pre, grad_r
 
 
 def gated_attention_values(weights: Tensor, v_pre: Tensor, r: Tensor, activation) -> Tensor:
-    """``(weights @ activation(v_pre)) * r`` chunk by chunk, Batch x Time x H (see :class:`GatedAttentionValues`).
+    """``(weights @ activation(v_pre)) * r`` chunk by chunk, Batch x Time x H.
 
     Args:
         weights: Batch x Chunks x n x n attention weights (after attention dropout).
         v_pre: Batch x Time x H values before their activation (no dropout between the two).
         r: Time x Batch x H reset gate.
-        activation: the element-wise value activation.
+        activation: the element-wise value activation. With ``silu`` (Mega's default) and
+            gradients needed, :class:`GatedAttentionValues` runs; otherwise the same value comes
+            from plain ops.
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (weights, v_pre, r)):
-        return GatedAttentionValues.apply(weights, v_pre, r, activation)
-    return attend_values(weights, activation(v_pre), v_pre.size(1)).mul_(r.transpose(0, 1))
+    if activation is silu and torch.is_grad_enabled() and any(t.requires_grad for t in (weights, v_pre, r)):
+        return GatedAttentionValues.apply(weights, v_pre, r)
+    return attend_values(weights, activation(v_pre), v_pre.size(1)) * r.transpose(0, 1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mega_fairseq.modules import moving_average_gated_attention as mega_attention
-from mega_fairseq.modules.activations import laplace
+from mega_fairseq.modules.activations import laplace, silu
 from mega_fairseq.modules.fused_gates import (
     GatedAttentionValues,
     GateSplit,
@@ -114,15 +114,26 @@ def values_inputs(seq_len, chunks, frame, seed=0):
     return weights, v_pre, r
 
 
-@pytest.mark.parametrize("activation", [F.silu, laplace, torch.tanh], ids=["silu", "laplace", "tanh"])
 @pytest.mark.parametrize("seq_len,chunks,frame", [(8, 2, 4), (7, 2, 4), (5, 1, 5)])
-def test_gated_attention_values_gradcheck_and_values(activation, seq_len, chunks, frame):
+def test_gated_attention_values_gradcheck_and_values(seq_len, chunks, frame):
     weights, v_pre, r = values_inputs(seq_len, chunks, frame)
-    fused = gated_attention_values(weights, v_pre, r, activation)
+    fused = GatedAttentionValues.apply(weights, v_pre, r)
     assert fused.shape == (2, seq_len, 3)
-    assert (fused - plain_gated_values(weights, v_pre, r, activation)).abs().max().item() < 1e-14
-    assert torch.autograd.gradcheck(lambda w, v, g: GatedAttentionValues.apply(w, v, g, activation),
-                                    (weights, v_pre, r))
+    assert (fused - plain_gated_values(weights, v_pre, r, F.silu)).abs().max().item() < 1e-14
+    assert torch.autograd.gradcheck(GatedAttentionValues.apply, (weights, v_pre, r))
+
+
+@pytest.mark.parametrize("activation", [silu, laplace, torch.tanh], ids=["silu", "laplace", "tanh"])
+def test_gated_attention_values_any_activation_equals_plain(activation):
+    """Other value activations take the plain ops; silu the fused function: same values, gradients."""
+    results = []
+    for run in (gated_attention_values, plain_gated_values):
+        weights, v_pre, r = values_inputs(7, 2, 4, seed=1)
+        out = run(weights, v_pre, r, activation)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+        results.append([out.detach(), weights.grad, v_pre.grad, r.grad])
+    for got, expected in zip(*results):
+        assert (got - expected).abs().max().item() < 1e-13
 
 
 def test_layer_with_active_hidden_dropout_takes_the_plain_path_and_agrees():
