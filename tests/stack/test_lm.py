@@ -62,6 +62,28 @@ def test_eval_lm_refuses_blocks_longer_than_the_model_takes_instead_of_skipping_
         proc.stderr[-2000:]
 
 
+def test_commands_print_no_warning_that_is_not_about_the_run(lm_data, tmp_path):
+    # a new user's happy path with Mega: no Hydra deprecation notices about fairseq's config code, no
+    # pin_memory / torch.cuda.amp warnings, no "Please install tensorboardX"
+    import mega_fairseq
+
+    save = tmp_path / "ckpt_mega"
+    train = run_cli("fairseq-train", lm_data["data"], "--user-dir", mega_fairseq.USER_DIR, "--task",
+                    "mega_language_modeling", "--arch", "mega_lm", "--decoder-layers", "1", "--decoder-embed-dim", "16",
+                    "--decoder-hidden-dim", "24", "--decoder-ffn-embed-dim", "24", "--decoder-z-dim", "8",
+                    "--decoder-n-dim", "4", "--decoder-chunk-size", "8", "--optimizer", "adam", "--lr", "0.01",
+                    "--max-tokens", "256", "--max-update", "2", "--cpu", "--num-workers", "1", "--save-dir", save,
+                    "--no-progress-bar", "--log-format", "simple")
+    evaluate = run_cli("fairseq-eval-lm", lm_data["data"], "--user-dir", mega_fairseq.USER_DIR, "--task",
+                       "mega_language_modeling", "--path", save / "checkpoint_last.pt", "--cpu", "--gen-subset", "test")
+    for proc in (train, evaluate):
+        log = proc.stdout + proc.stderr
+        noise = [line for line in log.splitlines()
+                 if re.search(r"[A-Za-z]+Warning: |warn\(|Please install", line)]
+        assert noise == [], noise
+    assert "Loss (base 2)" in evaluate.stderr + evaluate.stdout
+
+
 def test_hydra_train_runs_from_a_yaml_config(lm_data, tmp_path):
     save = tmp_path / "ckpt_hydra"
     (tmp_path / "conf").mkdir()
@@ -100,3 +122,4 @@ def test_hydra_train_runs_from_a_yaml_config(lm_data, tmp_path):
     log = proc.stdout + proc.stderr
     assert re.search(r"num_updates 3\b", log), log[-3000:]
     assert (save / "checkpoint_last.pt").exists()
+    assert "version_base parameter is not specified" not in log  # hydra-main-version-base

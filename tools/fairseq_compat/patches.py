@@ -620,6 +620,70 @@ def torch_persistent_save(obj, filename, async_write: bool = False):
         old="            detok_args = json.loads(self.cfg.eval_bleu_detok_args)\n",
         new='            detok_args = json.loads(self.cfg.eval_bleu_detok_args or "{}")  # mega-fairseq: None = {}\n',
     ),
+    # ------------------------------------------------------------------ noise that is not about the run
+    Patch(
+        name="hydra-quiet-internal-compose-helper",
+        path="fairseq/dataclass/utils.py",
+        why="defines the warning filter used by hydra-quiet-internal-compose",
+        old="def convert_namespace_to_omegaconf(args: Namespace) -> DictConfig:\n",
+        new='''def _hydra_deprecation_notices_hidden():
+    """Hide Hydra >= 1.1's deprecation notices (UserWarning) while fairseq composes its own built-in config
+    (mega-fairseq patch): they are about fairseq's config code, never about the user's run."""
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def hidden():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+
+    return hidden()
+
+
+def convert_namespace_to_omegaconf(args: Namespace) -> DictConfig:
+''',
+    ),
+    Patch(
+        name="hydra-quiet-internal-compose",
+        path="fairseq/dataclass/utils.py",
+        why="every fairseq command converts its arguments through hydra.experimental's initialize/compose, "
+        "which prints five Hydra >= 1.1 deprecation notices about fairseq's own config code on each run",
+        old="    with initialize(config_path=config_path):\n",
+        new="    with _hydra_deprecation_notices_hidden(), initialize(config_path=config_path):  # mega-fairseq\n",
+    ),
+    Patch(
+        name="hydra-main-version-base",
+        path="fairseq_cli/hydra_train.py",
+        why="fairseq-hydra-train's @hydra.main gave no version_base, so Hydra >= 1.2 warned on every run; "
+        "'1.1' keeps exactly the behaviour it assumed",
+        old='@hydra.main(config_path=os.path.join("..", "fairseq", "config"), config_name="config")\n',
+        new='@hydra.main(config_path=os.path.join("..", "fairseq", "config"), config_name="config", version_base="1.1")\n',
+    ),
+    Patch(
+        name="dataloader-pin-memory-cuda-only",
+        path="fairseq/data/iterators.py",
+        why="every data loader asked for pinned memory, which torch >= 2 warns about on machines without "
+        "an accelerator (it was never used there)",
+        old="            pin_memory=True,\n            persistent_workers=self.num_workers > 0,\n        )\n",
+        new="            pin_memory=torch.cuda.is_available(),  # mega-fairseq: no warning without CUDA\n"
+        "            persistent_workers=self.num_workers > 0,\n        )\n",
+    ),
+    Patch(
+        name="dataloader-pin-memory-cuda-only-grouped",
+        path="fairseq/data/iterators.py",
+        why="same as dataloader-pin-memory-cuda-only, for the batch-sampler data loader",
+        old="                pin_memory=True,\n",
+        new="                pin_memory=torch.cuda.is_available(),  # mega-fairseq: no warning without CUDA\n",
+    ),
+    Patch(
+        name="amp-autocast-torch2",
+        path="fairseq/tasks/fairseq_task.py",
+        why="torch.cuda.amp.autocast(...) is deprecated in torch >= 2.4 and warned on every training step's "
+        "first call; torch.amp.autocast('cuda', ...) is the same context manager",
+        old="            with torch.cuda.amp.autocast(enabled=(isinstance(optimizer, AMPOptimizer))):\n",
+        new="            with torch.amp.autocast(\"cuda\", enabled=(isinstance(optimizer, AMPOptimizer))):  # mega-fairseq\n",
+    ),
     Patch(
         name="requirements-hydra-omegaconf",
         path="setup.py",
