@@ -187,14 +187,17 @@ class GatedAttentionValues(torch.autograd.Function):
             grad_attended = F.pad(grad_attended, (0, 0, 0, extra))
             v = F.pad(v, (0, 0, 0, extra))
         grad_attended = grad_attended.reshape(bsz, num_chunks, frame, -1)
+        v = v.reshape(bsz, num_chunks, frame, -1)
         grad_weights = None
         if ctx.needs_input_grad[0]:
-            grad_weights = torch.matmul(grad_attended, v.reshape(bsz, num_chunks, frame, -1).transpose(-1, -2))
+            grad_weights = torch.matmul(grad_attended, v.transpose(-1, -2))
         grad_v_pre = None
         if ctx.needs_input_grad[1]:
-            grad_v = torch.matmul(weights.transpose(-1, -2), grad_attended)
+            # v is no longer needed: its buffer takes the values' gradient, which then turns into
+            # v_pre's gradient in place (fewer fresh Batch x Time x H buffers)
+            grad_v = torch.matmul(weights.transpose(-1, -2), grad_attended, out=v)
             grad_v = grad_v.view(bsz, num_chunks * frame, -1)[:, :seq_len]
-            grad_v_pre = torch.ops.aten.silu_backward(grad_v, v_pre)
+            grad_v_pre = torch.ops.aten.silu_backward.grad_input(grad_v, v_pre, grad_input=grad_v)
         return grad_weights, grad_v_pre, grad_r
 
 
