@@ -148,3 +148,37 @@ def test_long_chunked_attention_on_realistic_scale_inputs(dtype):
     assert_half_matches_float32(module, lambda m, x: m(x, attn_mask=causal_mask(x.dtype, 128))[0],
                                 inputs((2048, 1, D), scale=10.0), dtype,
                                 param_tolerance=LONG_PARAM_GRAD_TOLERANCE[dtype])
+
+
+#: a known failure in code owned elsewhere: (text of the error, where, why)
+AUTOCAST_KNOWN_FAILURE = (
+    "expected m1 and m2 to have the same dtype", "ema_toeplitz.py _ToeplitzConvTBD.backward",
+    "autocast runs the EMA's Toeplitz bmm in the half dtype; the custom backward then mixes it with the saved "
+    "float32 input (fix: the EMA op outside autocast, in float32)",
+)
+
+
+@pytest.mark.parametrize("case", ["encoder_layer", "decoder_layer"])
+def test_autocast_bfloat16_training_step_matches_float32(case):
+    """torch.autocast on CPU (what fairseq --amp and GPU mixed precision use): float32 parameters, bf16 matmuls."""
+    build, call, shapes = CASES[case]
+    torch.manual_seed(0)
+    module = randomized(build())
+    xs = inputs(*shapes)
+    out32, input_grads32, param_grads32 = forward_backward(module, call, xs, torch.float32)
+    module.zero_grad()
+    leaves = [x.detach().clone().requires_grad_(True) for x in xs]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = call(module, *leaves)
+        weights = torch.linspace(-1.0, 1.0, out.numel()).view_as(out)
+        (out.float() * weights).sum().backward()
+    except RuntimeError as error:
+        if AUTOCAST_KNOWN_FAILURE[0] in str(error):
+            pytest.xfail("{}: {}".format(*AUTOCAST_KNOWN_FAILURE[1:]))
+        raise
+    assert relative_error(out.float(), out32) <= TOLERANCE[torch.bfloat16]
+    for leaf, grad32 in zip(leaves, input_grads32):
+        assert relative_error(leaf.grad, grad32) <= TOLERANCE[torch.bfloat16]
+    for name, param in module.named_parameters():
+        assert param.grad.dtype == torch.float32 and torch.isfinite(param.grad).all(), name
