@@ -1,12 +1,12 @@
 """The official README training commands (LRA: six tasks; SC-Raw: base and big) parse unchanged with
-``--user-dir`` added, and build the model they describe (on the meta device: no memory)."""
+``--user-dir`` added, and build the model they describe (on the meta device: no memory). The hydra path that fairseq-train
+takes next is covered by test_lra_presets.py and the official-checkpoint tests."""
 import shlex
 
 import pytest
 import torch
 from fairseq import models, options
 from fairseq.data import Dictionary
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import mega_fairseq
 from helpers import StubTask
@@ -76,7 +76,6 @@ def parse(arch):
 @pytest.mark.parametrize("arch", sorted(RECIPES))
 def test_official_readme_command_parses_and_builds_its_model(arch):
     args = parse(arch)
-    cfg = convert_namespace_to_omegaconf(args)
     expected = RECIPES[arch][1]
     task = StubTask(None)
     if args.task == "lra-text":
@@ -85,7 +84,7 @@ def test_official_readme_command_parses_and_builds_its_model(arch):
             dictionary.add_symbol("t{}".format(i))
         task = StubTask(dictionary)
     with torch.device("meta"):
-        model = models.build_model(cfg.model, task)
+        model = models.build_model(args, task)
     settings = model.settings
     assert (settings.encoder_layers, settings.norm_type, settings.attention_activation_fn) == \
         (expected["layers"], expected["norm"], expected["attention"])
@@ -95,5 +94,5 @@ def test_official_readme_command_parses_and_builds_its_model(arch):
     if "width" in expected:
         assert settings.encoder_embed_dim == expected["width"]
     assert len(model.encoder.encoder.layers) == expected["layers"]
-    assert cfg.criterion._name == "lra_cross_entropy" and cfg.checkpoint.best_checkpoint_metric == "accuracy"
-    assert cfg.lr_scheduler._name == "linear_decay"
+    assert args.criterion == "lra_cross_entropy" and args.best_checkpoint_metric == "accuracy"
+    assert args.lr_scheduler == "linear_decay" and args.maximize_best_checkpoint_metric
