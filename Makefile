@@ -16,6 +16,7 @@ help:
 	@echo "make demo-lra - set up, then train a small Mega on short ListOps (LRA) on CPU and print its test accuracy (~5 min)"
 	@echo "make install- only set up .venv (torch 2.13.0 CPU, patched fairseq 0.12.2, mega_fairseq)"
 	@echo "make bench  - run the benchmarks in benchmarks/ (prints JSON)"
+	@echo "make gpu-check - run the GPU tests (tests/gpu) and write gpu-check.json (says so and exits 0 without CUDA)"
 
 install:
 	@PYTHON=$(PYTHON) bash tools/install.sh
@@ -26,6 +27,10 @@ test: install
 # unit tests only: everything not marked e2e (tests/e2e and tests/stack run CLIs in subprocesses)
 test-fast: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not e2e" tests
+
+# GPU tests (tests/gpu, marker gpu) with a JSON summary; without CUDA they are skipped and it exits 0
+gpu-check: install
+	OMP_NUM_THREADS=1 $(BIN)/python tests/gpu/run_gpu_check.py --output gpu-check.json
 
 demo: install demo-translation demo-lm
 
