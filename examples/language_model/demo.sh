@@ -65,7 +65,8 @@ printf 'long ago a child named\nthe baker asked\n' | sed 's/ /_/g; s/./& /g; s/ 
         --path "$WORK/checkpoints/checkpoint_last.pt" --sampling --sampling-topk 3 --beam 1 --max-len-b 160 \
         --seed 3 --cpu 2>"$WORK/sample.err" >"$WORK/sample.log"
 grep '^H-' "$WORK/sample.log" | cut -f3 | sed 's/ //g; s/_/ /g; s/^/   /' | tee "$WORK/sample.txt"
-GEN_SECONDS=$(grep -o 'translation time: [0-9.]*' "$WORK/sample.log" | tail -n 1 | awk '{print $3}')
+GEN_SECONDS=$(cat "$WORK/sample.log" "$WORK/sample.err" | grep -o 'translation time: [0-9.]*' | tail -n 1 \
+    | awk '{print $3}' || true)
 GEN_CHARS=$(grep '^H-' "$WORK/sample.log" | cut -f3 | tr -d ' \n' | wc -c)
-echo "   generation speed: $GEN_CHARS characters in ${GEN_SECONDS:-?} s (fairseq-interactive's translation time)"
+echo "   generation speed: $GEN_CHARS characters (prompts included) in ${GEN_SECONDS:-?} s (fairseq-interactive's translation time)"
 echo "== demo finished in $(( $(date +%s) - start ))s"
