@@ -1,4 +1,4 @@
-"""The gates of the Mega self-attention, split off its shared projection in one fused step.
+"""The gates of the Mega self-attention as fused autograd functions.
 
 ``MovingAverageGatedAttention`` projects the EMA output once, ``base = W_mx X'`` (Time x Batch x
 (D + Z + H + D)), and reads four things from it::
@@ -8,11 +8,15 @@
     r = silu(base[D+Z:D+Z+H])                   reset gate, Time x Batch x H
     hx = base[D+Z+H:]                           residual of the output, Time x Batch x D
 
-Written with plain autograd this costs a separate gradient buffer per piece plus a zero-filled
-``base``-sized buffer (and a copy) for each split. :class:`GateSplit` computes all of them in one
-forward and, in the backward, writes every piece's gradient straight into its slice of one
-``base``-sized gradient. It also hands out ``q`` and ``k`` already laid out Batch x Time, the
-layout the chunked attention views without copying.
+and later gates the attention output with r: ``p = (attn @ silu(v_pre)) * r``.
+
+Written with plain autograd the split costs a separate gradient buffer per piece plus a
+zero-filled ``base``-sized buffer (and a copy) for each split. :class:`GateSplit` computes u, q
+and k in one forward and, in the backward, writes every piece's gradient straight into its slice
+of one ``base``-sized gradient; it hands out ``q`` and ``k`` already laid out Batch x Time (the
+layout the chunked attention views without copying) and r's pre-activation as a view.
+:class:`GatedAttentionValues` applies both silu activations and the gate itself and keeps only
+pre-activations (which live in ``base`` and ``v_proj``'s output anyway) for its backward.
 """
 
 from typing import Tuple
@@ -52,27 +56,26 @@ def _gates_forward(base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zd
     u = torch.sigmoid(base[..., :z_start])
     z = F.silu(base[..., z_start:r_start])
     q, k = _batch_first_query_key(z, gamma, beta)
-    r = F.silu(base[..., r_start:hx_start])
-    hx = base[..., hx_start:]
-    return u, z, q, k, r, hx
+    return u, z, q, k, base[..., r_start:hx_start], base[..., hx_start:]
 
 
 class GateSplit(torch.autograd.Function):
-    """``(u, q, k, r, hx)`` from ``base``, ``gamma``, ``beta`` with one fused backward.
+    """``(u, q, k, r_pre, hx)`` from ``base``, ``gamma``, ``beta`` with one fused backward.
 
     Shapes: base Time x Batch x (D + Z + H + D); gamma, beta 2 x Z. Returns u (T x B x D),
-    q and k (B x T x Z, contiguous), r (T x B x H) and hx (T x B x D, a view of base).
+    q and k (B x T x Z, contiguous), and two views of base: r_pre (T x B x H, the reset gate
+    before its silu) and hx (T x B x D).
     """
 
     @staticmethod
     def forward(ctx, base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int):
-        u, z, q, k, r, hx = _gates_forward(base, gamma, beta, embed_dim, zdim, hdim)
+        u, z, q, k, r_pre, hx = _gates_forward(base, gamma, beta, embed_dim, zdim, hdim)
         ctx.sizes = (embed_dim, zdim, hdim)
         ctx.save_for_backward(base, gamma, u, z)
-        return u, q, k, r, hx
+        return u, q, k, r_pre, hx
 
     @staticmethod
-    def backward(ctx, grad_u, grad_q, grad_k, grad_r, grad_hx):
+    def backward(ctx, grad_u, grad_q, grad_k, grad_r_pre, grad_hx):
         base, gamma, u, z = ctx.saved_tensors
         embed_dim, zdim, hdim = ctx.sizes
         z_start, r_start, hx_start = _split_sizes(base, embed_dim, zdim, hdim)
@@ -105,36 +108,30 @@ class GateSplit(torch.autograd.Function):
             if ctx.needs_input_grad[2]:
                 grad_beta = torch.stack([grad_q.sum((0, 1)), grad_k.sum((0, 1))])
 
-        grad_r_slice = grad_base[..., r_start:hx_start]
-        if grad_r is None:
-            grad_r_slice.zero_()
-        else:
-            torch.ops.aten.silu_backward.grad_input(grad_r, base[..., r_start:hx_start], grad_input=grad_r_slice)
-
-        grad_hx_slice = grad_base[..., hx_start:]
-        if grad_hx is None:
-            grad_hx_slice.zero_()
-        else:
-            grad_hx_slice.copy_(grad_hx)
+        for grad, piece in ((grad_r_pre, grad_base[..., r_start:hx_start]), (grad_hx, grad_base[..., hx_start:])):
+            if grad is None:
+                piece.zero_()
+            else:
+                piece.copy_(grad)
         return grad_base, grad_gamma, grad_beta, None, None, None
 
 
 def split_gates(base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int) -> GateTensors:
-    """``(u, q, k, r, hx)`` of the Mega self-attention from its projection ``base`` (see the module doc).
+    """``(u, q, k, r_pre, hx)`` of the Mega self-attention from its projection ``base`` (see the module doc).
 
     Args:
         base: Time x Batch x (embed_dim + zdim + hdim + embed_dim), the ``mx_proj`` output.
         gamma, beta: 2 x zdim, the query/key scale and offset.
 
     Returns:
-        u (T x B x D), q and k (B x T x Z, contiguous), r (T x B x H), hx (T x B x D).
-        Without gradients (e.g. decoding) the same values come from the plain ops, no autograd
-        function.
+        u (T x B x D), q and k (B x T x Z, contiguous), r_pre (T x B x H: the reset gate is
+        ``silu(r_pre)``), hx (T x B x D); r_pre and hx are views of base. Without gradients
+        (e.g. decoding) the same values come from the plain ops, no autograd function.
     """
     if torch.is_grad_enabled() and (base.requires_grad or gamma.requires_grad or beta.requires_grad):
         return GateSplit.apply(base, gamma, beta, embed_dim, zdim, hdim)
-    u, _, q, k, r, hx = _gates_forward(base, gamma, beta, embed_dim, zdim, hdim)
-    return u, q, k, r, hx
+    u, _, q, k, r_pre, hx = _gates_forward(base, gamma, beta, embed_dim, zdim, hdim)
+    return u, q, k, r_pre, hx
 
 
 # ------------------------------------------------------------ reset gate on the attention output
@@ -153,35 +150,40 @@ def attend_values(weights: Tensor, v: Tensor, seq_len: int) -> Tensor:
 
 
 class GatedAttentionValues(torch.autograd.Function):
-    """``p = (weights @ silu(v_pre)) * r``, keeping only ``weights``, ``v_pre`` and ``r`` for the backward.
+    """``p = (weights @ silu(v_pre)) * silu(r_pre)``, keeping only ``weights`` and the pre-activations.
 
-    Plain autograd keeps ``silu(v_pre)`` and ``weights @ v`` alive until the backward and
-    allocates the product separately; here the product is formed in place in the attention
-    output and both are recomputed in the backward (one chunk-wise matmul, ~2 n H flops a token).
-    The backward uses only explicit derivatives (no nested autograd call), so it traces as one
-    graph under ``torch.compile``.
+    Plain autograd keeps ``silu(v_pre)``, the attention output and ``r = silu(r_pre)`` alive until
+    the backward and allocates the product separately; here the product is formed in place in
+    the attention output, and the backward recomputes what it needs (one chunk-wise matmul, ~2 n
+    H flops a token, and two silu). v_pre and r_pre are kept alive by ``v_proj`` / the gate split
+    anyway, so nothing Batch x Time x H is stored for this step. The backward uses explicit
+    derivatives only (no nested autograd call), so it traces as one graph under ``torch.compile``.
 
-    Shapes: weights Batch x Chunks x n x n; v_pre Batch x Time x H; r Time x Batch x H. Returns
-    p Batch x Time x H.
+    Shapes: weights Batch x Chunks x n x n; v_pre Batch x Time x H; r_pre Time x Batch x H.
+    Returns p Batch x Time x H.
     """
 
     @staticmethod
-    def forward(ctx, weights: Tensor, v_pre: Tensor, r: Tensor):
+    def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor):
         attended = attend_values(weights, F.silu(v_pre), v_pre.size(1))
-        ctx.save_for_backward(weights, v_pre, r)
-        return attended.mul_(r.transpose(0, 1))
+        ctx.save_for_backward(weights, v_pre, r_pre)
+        return attended.mul_(F.silu(r_pre).transpose(0, 1))
 
     @staticmethod
     def backward(ctx, grad_p):
-        weights, v_pre, r = ctx.saved_tensors
+        weights, v_pre, r_pre = ctx.saved_tensors
         seq_len = v_pre.size(1)
         bsz, num_chunks, frame, _ = weights.shape
         v = F.silu(v_pre)
-        grad_r = None
+        grad_r_pre = None
         if ctx.needs_input_grad[2]:
-            # recomputed attention output, turned into r's gradient in place: Batch x Time x H
+            # the recomputed attention output becomes r's gradient, then r_pre's, in place
             grad_r = attend_values(weights, v, seq_len).mul_(grad_p).transpose(0, 1)
-        grad_attended = grad_p * r.transpose(0, 1)
+            grad_r_pre = torch.ops.aten.silu_backward.grad_input(grad_r, r_pre, grad_input=grad_r)
+        # r recomputed straight into a Batch x Time buffer that then becomes the attention
+        # output's gradient in place (Batch x Time: its chunks are views)
+        grad_attended = torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=torch.empty_like(grad_p))
+        grad_attended.mul_(grad_p)
         extra = num_chunks * frame - seq_len
         if extra > 0:
             grad_attended = F.pad(grad_attended, (0, 0, 0, extra))
@@ -198,20 +200,20 @@ class GatedAttentionValues(torch.autograd.Function):
             grad_v = torch.matmul(weights.transpose(-1, -2), grad_attended, out=v)
             grad_v = grad_v.view(bsz, num_chunks * frame, -1)[:, :seq_len]
             grad_v_pre = torch.ops.aten.silu_backward.grad_input(grad_v, v_pre, grad_input=grad_v)
-        return grad_weights, grad_v_pre, grad_r
+        return grad_weights, grad_v_pre, grad_r_pre
 
 
-def gated_attention_values(weights: Tensor, v_pre: Tensor, r: Tensor, activation) -> Tensor:
-    """``(weights @ activation(v_pre)) * r`` chunk by chunk, Batch x Time x H.
+def gated_attention_values(weights: Tensor, v_pre: Tensor, r_pre: Tensor, activation) -> Tensor:
+    """``(weights @ activation(v_pre)) * silu(r_pre)`` chunk by chunk, Batch x Time x H.
 
     Args:
         weights: Batch x Chunks x n x n attention weights (after attention dropout).
         v_pre: Batch x Time x H values before their activation (no dropout between the two).
-        r: Time x Batch x H reset gate.
+        r_pre: Time x Batch x H reset gate before its silu.
         activation: the element-wise value activation. With ``silu`` (Mega's default) and
             gradients needed, :class:`GatedAttentionValues` runs; otherwise the same value comes
             from plain ops.
     """
-    if activation is silu and torch.is_grad_enabled() and any(t.requires_grad for t in (weights, v_pre, r)):
-        return GatedAttentionValues.apply(weights, v_pre, r)
-    return attend_values(weights, activation(v_pre), v_pre.size(1)) * r.transpose(0, 1)
+    if activation is silu and torch.is_grad_enabled() and any(t.requires_grad for t in (weights, v_pre, r_pre)):
+        return GatedAttentionValues.apply(weights, v_pre, r_pre)
+    return attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1)

@@ -146,14 +146,15 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         v_pre = self.v_proj(x.transpose(0, 1))
         # T x B x D
         mx = self.dropout(self.move(x, padding_mask, incremental_state))
-        # T x B x (D + Z + H + D) -> u, r, hx: T x B x C; q, k: B x T x Z
-        u, q, k, r, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
+        # T x B x (D + Z + H + D) -> u, r_pre, hx: T x B x C; q, k: B x T x Z
+        u, q, k, r_pre, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
 
         if saved_state is None and not before_attn_fn and not self.hidden_dropout.is_active():
-            # whole sequence: (weights @ act(v)) * r as one function that keeps neither act(v) nor
-            # the attention output for the backward; B x T x H
+            # whole sequence: (weights @ act(v)) * silu(r_pre) as one function that keeps none of
+            # act(v), the attention output or r for the backward; B x T x H
             weights = self._chunked_weights(q, k, padding_mask, attn_mask)
-            gated = gated_attention_values(self.attention_dropout(weights).to(v_pre.dtype), v_pre, r, self.activation)
+            dropped = self.attention_dropout(weights).to(v_pre.dtype)
+            gated = gated_attention_values(dropped, v_pre, r_pre, self.activation)
         else:
             v = self.hidden_dropout(self.activation(v_pre), batch_first=True)
             if saved_state is not None:
@@ -164,7 +165,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
             if before_attn_fn:
                 return weights, h
             # B x T x H: laid out like h (the first operand), so h_proj reads it as it is
-            gated = h * r.transpose(0, 1)
+            gated = h * F.silu(r_pre).transpose(0, 1)
 
         h = self.h_proj(gated)
         # B x T x D read as T x B x D

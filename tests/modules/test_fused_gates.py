@@ -26,16 +26,16 @@ D, Z, H = 3, 2, 4
 
 def plain_split(base, gamma, beta, embed_dim, zdim, hdim):
     """The gate split written with ordinary autograd ops (no fusion, q/k transposed views)."""
-    u, z, r, hx = torch.split(base, [embed_dim, zdim, hdim, embed_dim], dim=-1)
+    u, z, r_pre, hx = torch.split(base, [embed_dim, zdim, hdim, embed_dim], dim=-1)
     z = F.silu(z)
     q = (z * gamma[0] + beta[0]).transpose(0, 1)
     k = (z * gamma[1] + beta[1]).transpose(0, 1)
-    return torch.sigmoid(u), q, k, F.silu(r), hx
+    return torch.sigmoid(u), q, k, r_pre, hx
 
 
-def plain_gated_values(weights, v_pre, r, activation):
-    """``(weights @ activation(v_pre)) * r`` with ordinary autograd ops (Batch x Time x H)."""
-    return attend_values(weights, activation(v_pre), v_pre.size(1)) * r.transpose(0, 1)
+def plain_gated_values(weights, v_pre, r_pre, activation):
+    """``(weights @ activation(v_pre)) * silu(r_pre)`` with ordinary autograd ops (Batch x Time x H)."""
+    return attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1)
 
 
 def inputs(dtype=torch.float64, seed=0):
@@ -60,9 +60,9 @@ def test_gate_split_values_and_layout():
             assert (got - expected).abs().max().item() < 1e-14
 
 
-@pytest.mark.parametrize("used", ["all", "u_hx", "q_k", "r"])
+@pytest.mark.parametrize("used", ["all", "u_hx", "q_k", "r_pre"])
 def test_gate_split_gradcheck_float64(used):
-    picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "r": (3,)}[used]
+    picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "r_pre": (3,)}[used]
 
     def run(base, gamma, beta):
         outputs = GateSplit.apply(base, gamma, beta, D, Z, H)
