@@ -133,6 +133,8 @@ class MultiHeadEMA(nn.Module):
     def _cache_allowed(self) -> bool:
         if self.training:
             return False
+        if torch.compiler.is_compiling():
+            return False  # a compiled graph computes the coefficients itself (no data-pointer checks)
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return False  # the result must stay differentiable
         return True

@@ -35,9 +35,8 @@ def sum_lag_diagonals(grad_matrix: Tensor) -> Tensor:
     width = 2 * size - 1
     # sheared[r, s, L - 1 + t - s] = grad[r, s, t]; summing over s collects each lag
     sheared = grad_matrix.new_zeros(rows, size, width)
-    sheared.as_strided(
-        (rows, size, size), (size * width, width - 1, 1), sheared.storage_offset() + size - 1
-    ).copy_(grad_matrix)
+    # (a fresh tensor starts at storage offset 0: a constant offset keeps torch.compile in one graph)
+    sheared.as_strided((rows, size, size), (size * width, width - 1, 1), size - 1).copy_(grad_matrix)
     return sheared.sum(1)
 
 
