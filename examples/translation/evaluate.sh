@@ -28,7 +28,8 @@ OUT_DIR=$(dirname "$CHECKPOINT")
 fairseq-generate "$DATA_BIN" --user-dir "$USER_DIR" --path "$CHECKPOINT" \
     --gen-subset test -s "$SRC" -t "$TGT" --beam "${BEAM:-5}" --lenpen "${LENPEN:-0.5}" \
     --batch-size 128 --bpe sentencepiece --sentencepiece-model "$SPM_MODEL" \
-    --scoring sacrebleu "$@" > "$OUT_DIR/generate-test.txt"
+    --scoring sacrebleu "$@" > "$OUT_DIR/generate-test.txt" 2> "$OUT_DIR/generate-test.log" \
+    || { tail -n 30 "$OUT_DIR/generate-test.log" >&2; exit 1; }
 # D-<id>\t<score>\t<detokenized hypothesis>: best hypothesis first for each id.
 grep '^D-' "$OUT_DIR/generate-test.txt" | sed 's/^D-//' | sort -s -n -k1,1 | awk -F'\t' '!seen[$1]++ {print $3}' \
     > "$OUT_DIR/hyp.detok.txt"
@@ -37,7 +38,8 @@ if [ "$(wc -l < "$OUT_DIR/hyp.detok.txt")" != "$(wc -l < "$REFERENCE")" ]; then
     exit 1
 fi
 # the generation speed ("Translated N sentences (M tokens) in Ts (... tokens/s)") and the BLEU line
-grep -E 'Translated [0-9,]+ sentences' "$OUT_DIR/generate-test.txt" | sed -E 's/^.*\| (Translated)/\1/' || true
+cat "$OUT_DIR/generate-test.txt" "$OUT_DIR/generate-test.log" | grep -E 'Translated [0-9,]+ sentences' \
+    | sed -E 's/^.*\| (Translated)/\1/' || true
 tail -n 1 "$OUT_DIR/generate-test.txt"
 echo "[evaluate] sacrebleu $REFERENCE < $OUT_DIR/hyp.detok.txt"
 sacrebleu "$REFERENCE" -i "$OUT_DIR/hyp.detok.txt" -m bleu -b -w 2
