@@ -3,9 +3,10 @@
 import torch.nn as nn
 from torch import Tensor
 
-from .activations import get_activation_fn
+from .activations import get_activation_fn, silu
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
 from .sequence_norm import SequenceNorm
+from .silu_linear import silu_linear
 
 
 class NormalizedFeedForwardNetwork(nn.Module):
@@ -68,8 +69,12 @@ class NormalizedFeedForwardNetwork(nn.Module):
         residual = x
         if self.prenorm:
             x = self.norm(x)
-        x = self.hidden_dropout(self.activation(self.fc1(x)))
-        x = self.dropout(self.fc2(x))
+        if self.activation is silu and not self.hidden_dropout.is_active():
+            # fc2(silu(fc1 x)) keeping only fc1's output for the backward
+            x = silu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
+        else:
+            x = self.fc2(self.hidden_dropout(self.activation(self.fc1(x))))
+        x = self.dropout(x)
         x = x + residual
         if not self.prenorm:
             x = self.norm(x)

@@ -154,3 +154,4 @@ def test_layer_with_active_hidden_dropout_takes_the_plain_path_and_agrees():
         results.append([out.detach(), x_in.grad] + [p.grad for p in layer.parameters()])
     for got, expected in zip(*results):
         assert (got - expected).abs().max().item() < 1e-9
+
