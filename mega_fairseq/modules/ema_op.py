@@ -28,6 +28,7 @@ decoding steps. The state is what makes the continuation exact:
 described above (the truncated multi-token case uses ``algorithm`` on the window plus new tokens).
 """
 
+from contextlib import nullcontext
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -221,6 +222,7 @@ def multi_head_ema(
         initial_state: causal only; the state before ``x`` (``B x D x N``, or the previous
             ``W - 1`` inputs ``B x D x (W - 1)`` with a window). None = start of a sequence.
         return_last_state: also return the state after ``x``, in the same layout.
+            (Under ``torch.autocast`` the op still computes in ``x``'s dtype.)
         memo: optional dict kept by the caller for derived tensors (``log q``, kernel taps) of these
             exact coefficients; the caller must drop it when the coefficients change.
 
@@ -230,6 +232,18 @@ def multi_head_ema(
     """
     _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state)
     pick_algorithm(algorithm, 1, 1)  # reject a bad name on every call, not only when it is used
+    # mixed precision would run the matmuls in the half dtype and the custom backwards would then
+    # mix dtypes: the EMA is computed in x's dtype, outside autocast
+    outside_autocast = (
+        torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else nullcontext()
+    )
+    with outside_autocast:
+        return _compute(x, q, p_beta, gamma, bidirectional, window, algorithm, scan_block, initial_state,
+                        return_last_state, memo)
+
+
+def _compute(x, q, p_beta, gamma, bidirectional, window, algorithm, scan_block, initial_state, return_last_state, memo):
+    """:func:`multi_head_ema` after its argument checks."""
     length, bsz, dim = x.shape
     block = DEFAULT_SCAN_BLOCK if scan_block is None else scan_block
     coefficients = _Coefficients(q, p_beta, gamma, memo)

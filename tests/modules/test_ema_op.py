@@ -231,6 +231,28 @@ def test_algorithm_names_and_old_names_are_rejected():
         multi_head_ema(x, q2, p2, g2, bidirectional=True, return_last_state=True)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "blocked_scan"])
+def test_autocast_leaves_the_ema_in_float32(algorithm, bidirectional):
+    """Under CPU autocast (bfloat16 matmuls) the EMA still runs in float32: same output and gradients
+    as without autocast (its Toeplitz backward used to fail on mixed dtypes)."""
+    torch.manual_seed(3)
+    module = MultiHeadEMA(4, ndim=2, bidirectional=bidirectional).train()
+    module.conv_algorithm, module.scan_block = algorithm, 4
+    x = torch.randn(9, 2, 4)
+    results = []
+    for autocast in (False, True):
+        module.zero_grad()
+        x_in = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(x_in)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        assert out.dtype == torch.float32
+        results.append([out.detach(), x_in.grad] + [p.grad.clone() for p in module.parameters()])
+    for plain, mixed in zip(*results):
+        assert max_diff(plain, mixed) <= 1e-6
+
+
 def test_auto_rule():
     assert pick_algorithm("auto", 64, 1000) == "toeplitz"
     assert pick_algorithm("auto", 80, 2) == "fft"
