@@ -237,3 +237,13 @@ def test_fairseq_hydra_train_with_the_preset_yaml(pipeline, tmp_path):
     assert model_cfg["attention_dropout"] == 0.1 and model_cfg["activation_dropout"] == 0.1  # the preset's
     assert state["model"]["encoder.embed_tokens.weight"].shape[1] == 16
     assert state["model"]["decoder.layers.0.cross_attn.k_proj.weight"].shape == (8, 16)
+
+
+def test_evaluate_script_prints_the_generation_speed_and_sacrebleu(pipeline):
+    out = run_script("evaluate.sh", pipeline["data"], pipeline["ours"], pipeline["spm"], pipeline["root"] / "raw" / "test.zed",
+                     "--cpu", "--batch-size", "8")
+    # fairseq-generate's speed line used to be thrown away with its log
+    assert re.search(r"^Translated 12 sentences \([\d,]+ tokens\) in [\d.]+s \([\d.]+ sentences/s, [\d.]+ tokens/s\)$",
+                     out, flags=re.M), out[-2000:]
+    assert re.search(r"Generate test with beam=5: BLEU = [0-9.]+", out)
+    assert re.search(r"^\d+\.\d\d$", out, flags=re.M)  # sacrebleu -b -w 2
