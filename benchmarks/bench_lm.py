@@ -29,6 +29,8 @@ VOCAB = 256  # byte-level sized vocabulary
 MEGA = dict(decoder_embed_dim=256, decoder_hidden_dim=512, decoder_ffn_embed_dim=512, decoder_z_dim=64,
             decoder_n_dim=16, decoder_layers=4, decoder_chunk_size=128, truncation_length=None, dropout=0.0,
             normalize_before=True)
+#: mega_lm with --checkpoint-activations (each block's activations recomputed in the backward)
+CHECKPOINTED = "mega_lm:checkpoint-activations"
 TRANSFORMER = dict(decoder_embed_dim=256, decoder_ffn_embed_dim=1024, decoder_attention_heads=4, decoder_layers=4,
                    dropout=0.0)
 
@@ -55,10 +57,11 @@ def build(kind: str, length: int):
     from fairseq.dataclass.utils import gen_parser_from_dataclass  # noqa: F401 (import check)
 
     task = _task()
-    if kind == "mega_lm":
+    if kind in ("mega_lm", CHECKPOINTED):
         from mega_fairseq.models.mega_lm import MegaLanguageModel
 
-        args = argparse.Namespace(**MEGA, max_target_positions=length, tokens_per_sample=length)
+        args = argparse.Namespace(**MEGA, max_target_positions=length, tokens_per_sample=length,
+                                  checkpoint_activations=kind == CHECKPOINTED)
         return MegaLanguageModel.build_model(args, task)
     from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig, base_lm_architecture
 
@@ -177,6 +180,9 @@ def main() -> None:
                         help="address-space cap of each point's process (beyond it the point is skipped)")
     parser.add_argument("--baseline-rev", metavar="REV",
                         help="also train mega_lm with its attention layers as they were at git revision REV")
+    parser.add_argument("--checkpoint-activations", action="store_true",
+                        help="also train mega_lm with --checkpoint-activations (row {!r}; ratio of peak memories)".format(
+                            CHECKPOINTED))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -188,6 +194,8 @@ def main() -> None:
         kinds = ["mega_lm", "transformer_lm", "mega_lm:eval", "mega_lm:eval-stream{}".format(args.stream)]
         if args.baseline_rev:
             kinds.insert(1, "mega_lm@{}".format(args.baseline_rev))
+        if args.checkpoint_activations:
+            kinds.insert(1, CHECKPOINTED)
         for kind in kinds:
             cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, str(length), "--steps", str(args.steps),
                    "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
@@ -212,6 +220,12 @@ def main() -> None:
                 "eval_speedup": round(mega["eval_tokens_per_s"] / trans["eval_tokens_per_s"], 2),
                 "train_peak_memory": round(mega["train_peak_rss_mb"] / max(trans["train_peak_rss_mb"], 1e-9), 2),
             }
+            checkpointed = next((r for r in results if r["model"] == CHECKPOINTED and r["context"] == length), {})
+            if "train_peak_rss_mb" in checkpointed:
+                ratios[str(length)]["checkpointed_over_plain_train_peak_memory"] = round(
+                    checkpointed["train_peak_rss_mb"] / max(mega["train_peak_rss_mb"], 1e-9), 2)
+                ratios[str(length)]["checkpointed_over_plain_train_speed"] = round(
+                    checkpointed["train_tokens_per_s"] / mega["train_tokens_per_s"], 2)
             before = next((r for r in results if r["model"] == "mega_lm@{}".format(args.baseline_rev)
                            and r["context"] == length), {})
             if "train_peak_rss_mb" in before:
