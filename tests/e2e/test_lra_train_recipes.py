@@ -111,17 +111,19 @@ def test_text_recipes(tmp_path, recipe):
         for split in ("train", "valid", "test"):
             for ext in ("bin", "idx"):
                 (data / "src1-bin" / "{}.{}".format(split, ext)).unlink()
-    train(recipe, data, tmp_path / "ckpt", "--sentence-class-num", "2")
-    assert "accuracy" in accuracy_line(validate(data, tmp_path / "ckpt" / "checkpoint_best.pt", "lra-text").stdout)
+    log = train(recipe, data, tmp_path / "ckpt", "--sentence-class-num", "2")
+    assert "valid on 'valid' subset" in log and "accuracy" in log
 
 
 @pytest.mark.parametrize("recipe,pixels,chunk", [("cifar10", 64, 16), ("pathfinder", 64, None), ("path-x", 256, 64)])
 def test_image_recipes(tmp_path, recipe, pixels, chunk):
     classes = 10 if recipe == "cifar10" else 2
     data = image_data(tmp_path / "data", pixels, classes)
-    train(recipe, data, tmp_path / "ckpt", chunk=chunk)
-    result = validate(data, tmp_path / "ckpt" / "checkpoint_best.pt", "lra-image")
-    assert "accuracy" in accuracy_line(result.stdout + result.stderr)
+    log = train(recipe, data, tmp_path / "ckpt", chunk=chunk)
+    assert "valid on 'valid' subset" in log and "accuracy" in log
+    if recipe == "cifar10":  # one image checkpoint through fairseq-validate (the others validate while training)
+        result = validate(data, tmp_path / "ckpt" / "checkpoint_best.pt", "lra-image")
+        assert "accuracy" in accuracy_line(result.stdout + result.stderr)
 
 
 def test_image_chunk_that_does_not_divide_the_length_stops_training_with_the_flag_named(tmp_path):
@@ -136,6 +138,8 @@ def test_image_chunk_that_does_not_divide_the_length_stops_training_with_the_fla
 @pytest.mark.parametrize("recipe", ["sc-base", "sc-big"])
 def test_speech_recipes(tmp_path, recipe):
     data = speech_data(tmp_path / "data")
-    train(recipe, data, tmp_path / "ckpt", "--batch-size", "2")
-    result = validate(data, tmp_path / "ckpt" / "checkpoint_best.pt", "speech_commands")
-    assert "accuracy" in accuracy_line(result.stdout + result.stderr)
+    log = train(recipe, data, tmp_path / "ckpt", "--batch-size", "2")
+    assert "valid on 'valid' subset" in log and "accuracy" in log
+    if recipe == "sc-base":
+        result = validate(data, tmp_path / "ckpt" / "checkpoint_best.pt", "speech_commands")
+        assert "accuracy" in accuracy_line(result.stdout + result.stderr)
