@@ -135,7 +135,7 @@ def test_image_chunk_that_does_not_divide_the_length_stops_training_with_the_fla
     assert "--chunk-size 16 does not divide the sequence length 24" in result.stderr
 
 
-@pytest.mark.parametrize("recipe", ["sc-base", "sc-big"])
+@pytest.mark.parametrize("recipe", ["sc-base"])  # sc-big: the same recipe at another width
 def test_speech_recipes(tmp_path, recipe):
     data = speech_data(tmp_path / "data")
     log = train(recipe, data, tmp_path / "ckpt", "--batch-size", "2")
