@@ -19,7 +19,7 @@ layout the chunked attention views without copying) and r's pre-activation as a 
 pre-activations (which live in ``base`` and ``v_proj``'s output anyway) for its backward.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -217,3 +217,54 @@ def gated_attention_values(weights: Tensor, v_pre: Tensor, r_pre: Tensor, activa
     if activation is silu and torch.is_grad_enabled() and any(t.requires_grad for t in (weights, v_pre, r_pre)):
         return GatedAttentionValues.apply(weights, v_pre, r_pre)
     return attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1)
+
+
+# ------------------------------------------------------------------- update gate on the output
+class GatedOutput(torch.autograd.Function):
+    """``out = residual + u * (silu(pre) - residual)`` with ``pre = attended (+ hx)``; keeps only ``pre``.
+
+    Plain autograd keeps ``pre`` and ``silu(pre)``, and its backward makes five temporaries for
+    the interpolation plus a Batch x Time copy of the gradient for the projection that produced
+    ``attended``. Here ``silu(pre)`` is recomputed, the gradients are formed in three buffers, and
+    the gradient of ``pre`` is written in ``attended``'s own memory layout (its producer then
+    reads it without copying).
+
+    Shapes: residual, u: Time x Batch x D; attended: Time x Batch x D with any strides (e.g. a
+    transposed Batch x Time result); hx: Time x Batch x D or None. Returns Time x Batch x D.
+    """
+
+    @staticmethod
+    def forward(ctx, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]):
+        pre = attended if hx is None else hx + attended
+        ctx.has_hx = hx is not None
+        # the strides empty_like would give (attended's own when dense), without allocating
+        layout = torch.empty_like(attended, device="meta")
+        ctx.attended_layout = (layout.shape, layout.stride())
+        ctx.save_for_backward(residual, u, pre)
+        return torch.lerp(residual, F.silu(pre), u)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        residual, u, pre = ctx.saved_tensors
+        grad_gated = grad_out * u
+        grad_residual = grad_out - grad_gated if ctx.needs_input_grad[0] else None
+        grad_u = None
+        if ctx.needs_input_grad[2]:
+            grad_u = F.silu(pre).sub_(residual).mul_(grad_out)
+        # d out / d pre = u * silu'(pre), written with attended's strides
+        shape, stride = ctx.attended_layout
+        grad_pre = torch.empty_strided(shape, stride, dtype=pre.dtype, device=pre.device)
+        torch.ops.aten.silu_backward.grad_input(grad_gated, pre, grad_input=grad_pre)
+        return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
+
+
+def gated_output(residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]) -> Tensor:
+    """``residual + u * (silu(attended + hx) - residual)`` (``hx`` may be None), Time x Batch x D.
+
+    Through :class:`GatedOutput` when a gradient is needed, else plain ops (same values).
+    """
+    tensors = (residual, attended, u, hx)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return GatedOutput.apply(residual, attended, u, hx)
+    pre = attended if hx is None else hx + attended
+    return torch.lerp(residual, F.silu(pre), u)

@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .activations import check_attention_activation, get_activation_fn
+from .activations import check_attention_activation, get_activation_fn, silu
 from .attention_state import CachedAttentionState
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
+from .fused_gates import gated_output
 from .sequence_norm import SequenceNorm
 
 
@@ -83,11 +84,15 @@ class GatedAttentionBase(CachedAttentionState, nn.Module):
         strides, e.g. a transposed Batch x Time result). Returns Time x Batch x embed_dim in
         residual's dtype.
         """
-        # hx first: the sum is laid out like hx (Time x Batch) whatever attended's strides are
-        pre_activation = attended if hx is None else hx + attended
-        gated = self.dropout(self.activation(pre_activation))
-        # residual + u * (gated - residual) in one pass
-        out = torch.lerp(residual, gated.to(residual.dtype), u.to(residual.dtype))
+        if self.activation is silu and not self.dropout.is_active() and attended.dtype == residual.dtype == u.dtype:
+            # one autograd function that keeps only the pre-activation (fused_gates.GatedOutput)
+            out = gated_output(residual, attended, u, hx)
+        else:
+            # hx first: the sum is laid out like hx (Time x Batch) whatever attended's strides are
+            pre_activation = attended if hx is None else hx + attended
+            gated = self.dropout(self.activation(pre_activation))
+            # residual + u * (gated - residual) in one pass
+            out = torch.lerp(residual, gated.to(residual.dtype), u.to(residual.dtype))
         if not self.prenorm:
             out = self.norm(out)
         return out

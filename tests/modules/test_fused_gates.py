@@ -1,22 +1,26 @@
 """The fused gates of the Mega self-attention have exact gradients.
 
-* ``GateSplit`` (the split of ``mx_proj``) and ``GatedAttentionValues`` (``(weights @ act(v)) *
-  r`` with recomputation) pass a float64 gradcheck; their values equal the plain definitions;
+* ``GateSplit`` (the split of ``mx_proj``), ``GatedAttentionValues`` (``(weights @ silu(v)) *
+  silu(r)`` with recomputation) and ``GatedOutput`` (the update gate ``lerp(x, silu(pre), u)``)
+  pass a float64 gradcheck; their values equal the plain definitions;
 * a whole ``MovingAverageGatedAttention`` gives the same outputs and gradients (input and every
-  parameter) as the same layer with both written as plain autograd ops.
+  parameter) as the same layer with all three written as plain autograd ops.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mega_fairseq.modules import gated_attention_base as attention_base
 from mega_fairseq.modules import moving_average_gated_attention as mega_attention
 from mega_fairseq.modules.activations import laplace, silu
 from mega_fairseq.modules.fused_gates import (
     GatedAttentionValues,
+    GatedOutput,
     GateSplit,
     attend_values,
     gated_attention_values,
+    gated_output,
     split_gates,
 )
 from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
@@ -36,6 +40,11 @@ def plain_split(base, gamma, beta, embed_dim, zdim, hdim):
 def plain_gated_values(weights, v_pre, r_pre, activation):
     """``(weights @ activation(v_pre)) * silu(r_pre)`` with ordinary autograd ops (Batch x Time x H)."""
     return attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1)
+
+
+def plain_gated_output(residual, attended, u, hx):
+    """``lerp(residual, silu(attended + hx), u)`` with ordinary autograd ops."""
+    return torch.lerp(residual, F.silu(attended if hx is None else hx + attended), u)
 
 
 def inputs(dtype=torch.float64, seed=0):
@@ -101,6 +110,7 @@ def test_fused_layer_gradients_equal_plain_autograd(monkeypatch, chunk_size, bid
     fused = gradients()
     monkeypatch.setattr(mega_attention, "split_gates", plain_split)
     monkeypatch.setattr(mega_attention, "gated_attention_values", plain_gated_values)
+    monkeypatch.setattr(attention_base, "gated_output", plain_gated_output)
     plain = gradients()
     for got, expected in zip(fused, plain):
         assert (got - expected).abs().max().item() < 1e-12
@@ -155,3 +165,32 @@ def test_layer_with_active_hidden_dropout_takes_the_plain_path_and_agrees():
     for got, expected in zip(*results):
         assert (got - expected).abs().max().item() < 1e-9
 
+
+
+@pytest.mark.parametrize("with_hx", [True, False])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed):
+    gen = torch.Generator().manual_seed(7)
+
+    def tensor(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    residual, u = tensor(5, 3, 4), torch.rand(5, 3, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    # attended as the self-attention passes it: a Batch x Time result read as Time x Batch
+    attended_source = tensor(3, 5, 4) if transposed else tensor(5, 3, 4)
+    hx = tensor(5, 3, 4) if with_hx else None
+
+    def fused(res, att, gate, *rest):
+        att = att.transpose(0, 1) if transposed else att
+        return GatedOutput.apply(res, att, gate, rest[0] if rest else None)
+
+    inputs = (residual, attended_source, u) + ((hx,) if with_hx else ())
+    assert torch.autograd.gradcheck(fused, inputs)
+    attended = attended_source.transpose(0, 1) if transposed else attended_source
+    expected = torch.lerp(residual, F.silu(attended if hx is None else hx + attended), u)
+    assert (gated_output(residual, attended, u, hx) - expected).abs().max().item() < 1e-14
+    # the gradient reaching attended has attended's strides (no copy for the projection's backward)
+    grad_holder = {}
+    attended.register_hook(lambda grad: grad_holder.setdefault("grad", grad))
+    gated_output(residual, attended, u, hx).sum().backward()
+    assert grad_holder["grad"].stride() == attended.stride()
