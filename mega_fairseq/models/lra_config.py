@@ -143,9 +143,11 @@ def check_classifier_settings(settings: LRAConfig) -> None:
     """The sequence classifiers' own checks on settings from ``read_settings`` (ValueError, one line)."""
     for name in ("z_dim", "n_dim", "sentence_class_num"):
         if int(getattr(settings, name)) < 1:
-            raise ValueError("--{} {} must be a positive integer".format(name.replace("_", "-"), getattr(settings, name)))
+            raise ValueError("--{} {} must be a positive integer".format(name.replace("_", "-"),
+                                                                          getattr(settings, name)))
     if int(settings.classifier_layers) < 0:
-        raise ValueError("classifier_layers={} must be >= 0 (0: a linear classifier)".format(settings.classifier_layers))
+        raise ValueError("classifier_layers={} must be >= 0 (0: a linear classifier)".format(
+            settings.classifier_layers))
     if str(settings.layer_type) not in LAYER_TYPES:
         raise ValueError("--layer-type {} is not supported; allowed values: {}".format(
             settings.layer_type, ", ".join(LAYER_TYPES)))

@@ -19,7 +19,8 @@ class LRAEncoder(FairseqEncoder):
         super().__init__(dictionary)
         self.encoder = encoder
 
-    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs) -> Tuple[List[Tensor], Tensor]:
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
+                **kwargs) -> Tuple[List[Tensor], Tensor]:
         """src_tokens: Batch x Time (ids or real values); returns ``([states Time x Batch x D], rep Batch x D)``
         as the official encoder does. Without ``src_lengths``: the non-pad count for text, Time otherwise."""
         if src_lengths is None:
