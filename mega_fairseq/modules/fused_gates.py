@@ -241,7 +241,8 @@ class GatedOutput(torch.autograd.Function):
         layout = torch.empty_like(attended, device="meta")
         ctx.attended_layout = (layout.shape, layout.stride())
         ctx.save_for_backward(residual, u, pre)
-        return torch.lerp(residual, F.silu(pre), u)
+        gated = F.silu(pre)
+        return torch.lerp(residual, gated, u, out=gated)
 
     @staticmethod
     def backward(ctx, grad_out):
