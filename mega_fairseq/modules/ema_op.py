@@ -11,7 +11,7 @@ Whole sequences (no ``initial_state``, no ``return_last_state``) use ``algorithm
 * ``"fft"``: FFT convolution along time (:mod:`.ema_fft`);
 * ``"blocked_scan"``: blocks of ``scan_block`` steps, in-block Toeplitz matmuls plus a scan of the
   N-dimensional state across blocks (:mod:`.ema_blocked_scan`);
-* ``"auto"``: Toeplitz up to 64 steps, then the blocked scan from 96 steps or 2048 tokens per
+* ``"auto"``: Toeplitz up to 64 steps, then the blocked scan from 256 steps or 2048 tokens per
   call, the FFT in between (measured with ``benchmarks/bench_ema.py``).
 
 Streaming (``initial_state`` and/or ``return_last_state``, causal only) continues a sequence from
@@ -43,12 +43,15 @@ from .ema_toeplitz import toeplitz_conv_tbd
 
 ALGORITHMS = ("auto", "toeplitz", "fft", "blocked_scan")
 DEFAULT_SCAN_BLOCK = 64  # best or tied in benchmarks/bench_ema.py (block 32 / 64 / 128)
-# Measured with benchmarks/bench_ema.py (CPU, forward + backward): one dense L x L matmul per
-# channel is fastest up to 64 steps; the FFT wins only for small calls (fixed cost of the
-# blocked scan's small matmuls); with 8192 tokens per call the blocked scan is ~2x faster at
-# L=32, ~4x at 2048 and ~10x at 8192-16384, and its cost per token stays flat.
+# Measured with benchmarks/bench_ema.py (CPU, 1 thread, forward + backward): one dense L x L
+# matmul per channel is fastest up to 64 steps. Beyond, the FFT wins only for small calls (the
+# blocked scan's fixed costs: padding the last block, the small state matmuls): with fewer than
+# 2048 tokens per call and L < 256, e.g. D=512 N=16 L=128 x 2: FFT 12 ms, blocked scan 48 ms;
+# L=80 x 24: 107 vs 247 ms; from L=384 (any batch) or 2048 tokens the blocked scan is ahead
+# (L=384 x 2: 70 vs 115 ms; D=256 L=256 x 32: 155 vs 344 ms; L=2048 x 1: 150 vs 1271 ms), and its
+# cost per token stays flat.
 TOEPLITZ_MAX_LENGTH = 64
-BLOCKED_SCAN_MIN_LENGTH = 96
+BLOCKED_SCAN_MIN_LENGTH = 256
 BLOCKED_SCAN_MIN_TOKENS = 2048
 
 

@@ -257,7 +257,8 @@ def test_auto_rule():
     assert pick_algorithm("auto", 64, 1000) == "toeplitz"
     assert pick_algorithm("auto", 80, 2) == "fft"
     assert pick_algorithm("auto", 80, 40) == "blocked_scan"
-    assert pick_algorithm("auto", 96, 1) == "blocked_scan"
+    assert pick_algorithm("auto", 255, 8) == "fft"
+    assert pick_algorithm("auto", 256, 1) == "blocked_scan"
 
 
 @pytest.mark.parametrize("shape", [(7, 3, 5), (1, 1, 4), (5, 2, 1)])
