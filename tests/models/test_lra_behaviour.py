@@ -235,3 +235,11 @@ def test_official_parameter_names():
     assert "sentence_projection_layer.bias" not in names
     image = build(task=StubTask(None))
     assert {"encoder.encoder.embed_tokens.weight", "encoder.encoder.embed_tokens.bias"} <= set(image.state_dict())
+
+
+def test_a_checkpoint_of_another_dictionary_is_a_clear_error():
+    model = build()
+    state = model.state_dict()
+    state["encoder.encoder.embed_tokens.embed.weight"] = torch.zeros(VOCAB + 10, 8)
+    with pytest.raises(ValueError, match="does not match the checkpoint"):
+        model.load_state_dict(state)
