@@ -29,8 +29,7 @@ class LRAEncoder(FairseqEncoder):
             else:
                 src_lengths = torch.full((src_tokens.size(0),), src_tokens.size(1), dtype=torch.long,
                                          device=src_tokens.device)
-        states, sentence_rep, _ = self.encoder(src_tokens, src_lengths)
-        return [states], sentence_rep
+        return self.encoder(src_tokens, src_lengths, last_state_only=True)
 
     def max_positions(self) -> int:
         return self.encoder.max_positions

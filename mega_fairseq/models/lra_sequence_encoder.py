@@ -12,7 +12,7 @@ final states and one pooled vector per row. This is the official ``MegaLRAEncode
   ``--chunk-size`` and the length (it has no padding to extend it with);
 * ``encoder_layerdrop`` is honoured (officially ignored, bug B6).
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -81,17 +81,22 @@ class MegaSequenceEncoder(nn.Module):
         raise ValueError("--chunk-size {} does not divide the sequence length {} (image/speech input is not padded); "
                          "use a --chunk-size that divides it, or -1".format(self.chunk_size, length))
 
-    def forward(self, src_tokens: Tensor, src_lengths: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """Encode a batch.
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor,
+                last_state_only: bool = False) -> Tuple[List[Tensor], Tensor]:
+        """Encode a batch (the official encoder's call and return value).
 
         Args:
             src_tokens: Batch x Time token ids (text, right-padded) or real values (image).
             src_lengths: (Batch,) real lengths (``mp`` divides the sum of the states by them).
+            last_state_only: return only the final states instead of the embeddings and every
+                layer's output.
 
         Returns:
-            ``(states, sentence_rep, padding_mask)``: the final states Time' x Batch x D (Time' is
-            Time rounded up to a chunk multiple for chunked text; zero at pads), the pooled
-            Batch x D representation and the Batch x Time' padding mask (None without pads).
+            ``(inner_states, sentence_rep)``: with ``last_state_only`` ``[final states]`` (after
+            the final norm, pads zeroed), otherwise the embeddings and each layer's output (as
+            officially: before the final norm); every state is Time' x Batch x D (Time' is Time
+            rounded up to a chunk multiple for chunked text). The pooled Batch x D representation
+            is read from the final states.
         """
         if src_tokens.dim() != 2:
             raise ValueError("src_tokens must be Batch x Time, got shape {}".format(tuple(src_tokens.shape)))
@@ -113,8 +118,11 @@ class MegaSequenceEncoder(nn.Module):
             x = x * (1.0 - padding_mask.unsqueeze(-1).type_as(x))
         # T x B x D
         x = x.transpose(0, 1)
+        inner_states = [] if last_state_only else [x]
         for layer in self.layers:
             x = layer(x, padding_mask)
+            if not last_state_only:
+                inner_states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
         if padding_mask is not None:
@@ -123,5 +131,7 @@ class MegaSequenceEncoder(nn.Module):
             sentence_rep = x.sum(dim=0) / src_lengths.unsqueeze(1).to(x.dtype)
         else:
             sentence_rep = x[0]
-        return x, sentence_rep, padding_mask
+        if last_state_only:
+            inner_states = [x]
+        return inner_states, sentence_rep
 

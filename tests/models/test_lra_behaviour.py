@@ -243,3 +243,16 @@ def test_a_checkpoint_of_another_dictionary_is_a_clear_error():
     state["encoder.encoder.embed_tokens.embed.weight"] = torch.zeros(VOCAB + 10, 8)
     with pytest.raises(ValueError, match="does not match the checkpoint"):
         model.load_state_dict(state)
+
+
+def test_inner_encoder_returns_every_layer_unless_last_state_only():
+    model = build(encoder_layers=3, encoder_normalize_before=True)
+    sample = text_batch([5, 8])["net_input"]
+    with torch.no_grad():
+        states, rep = model.encoder.encoder(sample["src_tokens"], sample["src_lengths"])
+        last, rep_last = model.encoder.encoder(sample["src_tokens"], sample["src_lengths"], last_state_only=True)
+    assert len(states) == 4 and len(last) == 1  # embeddings + 3 layer outputs (before the final norm)
+    assert torch.equal(rep, rep_last)
+    final = model.encoder.encoder.final_norm(states[-1]) * (sample["src_tokens"] != 1).t().unsqueeze(-1)
+    assert max_diff(final, last[0]) <= TOLERANCE
+    assert last[0][5:, 0].abs().max() == 0  # pads zeroed in the final states
