@@ -169,3 +169,19 @@ def test_a_model_of_another_task_is_refused_before_it_is_built():
     with pytest.raises(ValueError, match=r"--task lra-text takes a model of type 'lra' .* --arch mega_wmt_en_de "
                                          r"\(model 'mega'\): it was made for another task"):
         task.build_model(translation_args)
+
+
+def test_shorten_method_random_crop_keeps_max_positions_tokens_of_the_row(tmp_path):
+    rows = dict(ROWS, valid=[("a b c a b c a b c", "x")])
+    data = write_text_data(tmp_path, rows)
+    full = LRATextTask.setup_task(task_args(data, max_positions=100)).load_dataset("valid")[0]["net_input.src_tokens"]
+    cropped = set()
+    for seed in range(1, 8):
+        task = LRATextTask.setup_task(task_args(data, "--shorten-method", "random_crop", max_positions=4, seed=seed))
+        dataset = task.load_dataset("valid")
+        dataset.set_epoch(1)
+        item = dataset[0]["net_input.src_tokens"]
+        assert len(item) == 4
+        start = next(i for i in range(len(full) - 3) if torch.equal(full[i:i + 4], item))
+        cropped.add(start)
+    assert len(cropped) > 1  # not always the head, unlike truncation
