@@ -8,7 +8,7 @@ For one row ``r`` the causal EMA of an input sequence is
 which equals the causal convolution of ``x`` with ``k[m] = sum_n gamma p_beta q^m``; the
 anti-causal EMA runs the same recurrence backward in time (``y[t] = sum_m k[m] x[t + m]``).
 Instead of one long FFT (cost O(log L) per token with a large constant and poor
-memory locality on CPU) the sequence is cut into blocks of ``C = scan_block`` steps:
+memory locality on CPU) the sequence is cut into blocks of ``C <= scan_block`` steps (the fewest blocks, of one length):
 
 * within a block, the convolution is a matmul with a ``C x C`` Toeplitz matrix built from
   ``k[0..C-1]`` (upper triangle causal, lower triangle anti-causal, both for the bidirectional
@@ -76,7 +76,8 @@ def blocked_scan_ema(
 
     Args:
         x: ``R x B x L`` input (already zero at padded positions), ``L >= 1``.
-        scan_block: block length ``C`` (clipped to ``L``).
+        scan_block: the longest block ``C``; the sequence is cut into the fewest blocks of at most
+            ``C`` steps, all of one length.
         causal: coefficients of the causal EMA, or None.
         anti_causal: coefficients of the anti-causal EMA, or None (at least one is given; lag 0
             is counted by both).
@@ -91,8 +92,10 @@ def blocked_scan_ema(
     if anti_causal is not None and (initial_state is not None or return_last_state):
         raise ValueError("initial_state and return_last_state are for the causal EMA only")
     rows, bsz, length = x.shape
-    block = max(1, min(scan_block, length))
-    num_blocks = -(-length // block)
+    num_blocks = -(-length // max(1, scan_block))
+    # the fewest blocks of at most scan_block steps, all of one length: padding stays below one
+    # step per block (L=80 with scan_block 64: 2 x 40, not 64 + 16 padded to 128)
+    block = -(-length // num_blocks)
     padded = num_blocks * block
     if padded != length:
         x = F.pad(x, (0, padded - length))  # zeros at the end: nothing flows back from them
