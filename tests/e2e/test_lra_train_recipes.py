@@ -143,3 +143,14 @@ def test_speech_recipes(tmp_path, recipe):
     if recipe == "sc-base":
         result = validate(data, tmp_path / "ckpt" / "checkpoint_best.pt", "speech_commands")
         assert "accuracy" in accuracy_line(result.stdout + result.stderr)
+
+
+def test_demo_script_runs_end_to_end_at_tiny_size(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", DEMO_UPDATES="10", DEMO_TRAIN="400",
+               DEMO_MAX_LENGTH="30")
+    result = subprocess.run(["bash", str(SCRIPTS / "demo.sh"), str(tmp_path / "demo")], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = [line for line in result.stdout.splitlines() if "test accuracy" in line]
+    assert len(summary) == 1 and "vs  majority class" in summary[0] and "(1000 test expressions)" in summary[0]
+    assert (tmp_path / "demo" / "checkpoints" / "checkpoint_best.pt").exists()
