@@ -61,9 +61,9 @@ class LRATextTask(LegacyFairseqTask):
         parser.add_argument("data", metavar="FILE", help="data folder with src-bin/ and label-bin/")
         add_common_lra_args(parser)
         parser.add_argument("--init-token", type=int, default=None,
-                            help="accepted as in the official task; it has no effect there either")
+                            help="official option without effect (the official task never read it); refused when set")
         parser.add_argument("--separator-token", type=int, default=None,
-                            help="accepted as in the official task; it has no effect there either")
+                            help="official option without effect (the official task never read it); refused when set")
 
     def __init__(self, args, data_dictionary: Dictionary, label_dictionary: Dictionary):
         super().__init__(args)
@@ -80,6 +80,11 @@ class LRATextTask(LegacyFairseqTask):
     def setup_task(cls, args, **kwargs):
         check_common_lra_args(args, TASK_NAME)
         check_input_type(args, TASK_NAME, "text")
+        for option in ("init_token", "separator_token"):
+            if getattr(args, option, None) is not None:
+                raise ValueError("--{} is not supported by --task {}: the official task accepted it but never used "
+                                 "it (use --sen-rep-type cls for a leading <CLS>)".format(option.replace("_", "-"),
+                                                                                         TASK_NAME))
         data = args.data
         for folder in ("src-bin", "label-bin"):
             require_file(os.path.join(data, folder, "dict.txt"), data, TASK_NAME, LAYOUT)

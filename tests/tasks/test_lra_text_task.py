@@ -153,12 +153,14 @@ def test_empty_and_missing_splits_are_refused(tmp_path):
         task.load_dataset("dev")
 
 
-def test_num_classes_and_regression_target_are_checked():
+def test_num_classes_regression_target_and_dead_official_options_are_checked():
     with pytest.raises(ValueError, match=r"--num-classes 5 does not match the 3 labels"):
         LRATextTask.setup_task(task_args(DATA_TEXT, "--num-classes", "5"))
     assert len(LRATextTask.setup_task(task_args(DATA_TEXT, "--num-classes", "3")).class_names) == 3
     with pytest.raises(ValueError, match=r"--regression-target is not supported"):
         LRATextTask.setup_task(task_args(DATA_TEXT, "--regression-target"))
+    with pytest.raises(ValueError, match=r"--init-token is not supported by --task lra-text"):
+        LRATextTask.setup_task(task_args(DATA_TEXT, "--init-token", "0"))
 
 
 def test_a_model_of_another_task_is_refused_before_it_is_built():
