@@ -17,6 +17,8 @@ underflow (fast-decaying channels: ``q ~ 1e-3``) next to channels that barely de
 its input and output.
 """
 import copy
+import os
+import traceback
 
 import pytest
 import torch
@@ -150,15 +152,28 @@ def test_long_chunked_attention_on_realistic_scale_inputs(dtype):
                                 param_tolerance=LONG_PARAM_GRAD_TOLERANCE[dtype])
 
 
-#: a known failure in code owned elsewhere: (text of the error, where, why)
-AUTOCAST_KNOWN_FAILURE = (
-    "expected m1 and m2 to have the same dtype", "ema_toeplitz.py _ToeplitzConvTBD.backward",
-    "autocast runs the EMA's Toeplitz bmm in the half dtype; the custom backward then mixes it with the saved "
-    "float32 input (fix: the EMA op outside autocast, in float32)",
-)
+#: known failures under autocast in code owned elsewhere: file -> why (the error is a dtype mismatch
+#: "expected m1 and m2 to have the same dtype" raised in that file)
+AUTOCAST_KNOWN_FAILURES = {
+    "silu_linear.py": "SiluLinear.backward multiplies the half gradient of the autocast forward by the float32 "
+                      "weight (grad_rows.mm(weight)); fix: cast to one dtype in the backward, or custom_fwd/custom_bwd",
+}
 
 
-@pytest.mark.parametrize("case", ["encoder_layer", "decoder_layer"])
+def known_autocast_failure(error: Exception):
+    """``"file:line: why"`` when ``error`` is a known autocast dtype mismatch, else None."""
+    if "expected m1 and m2 to have the same dtype" not in str(error):
+        return None
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "mega_fairseq" in f.filename]
+    if not frames:
+        return None
+    name = os.path.basename(frames[-1].filename)
+    if name not in AUTOCAST_KNOWN_FAILURES:
+        return None
+    return "{}:{}: {}".format(name, frames[-1].lineno, AUTOCAST_KNOWN_FAILURES[name])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_autocast_bfloat16_training_step_matches_float32(case):
     """torch.autocast on CPU (what fairseq --amp and GPU mixed precision use): float32 parameters, bf16 matmuls."""
     build, call, shapes = CASES[case]
@@ -174,8 +189,9 @@ def test_autocast_bfloat16_training_step_matches_float32(case):
         weights = torch.linspace(-1.0, 1.0, out.numel()).view_as(out)
         (out.float() * weights).sum().backward()
     except RuntimeError as error:
-        if AUTOCAST_KNOWN_FAILURE[0] in str(error):
-            pytest.xfail("{}: {}".format(*AUTOCAST_KNOWN_FAILURE[1:]))
+        known = known_autocast_failure(error)
+        if known:
+            pytest.xfail(known)
         raise
     assert relative_error(out.float(), out32) <= TOLERANCE[torch.bfloat16]
     for leaf, grad32 in zip(leaves, input_grads32):
