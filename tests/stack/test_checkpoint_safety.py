@@ -179,3 +179,15 @@ def test_training_on_a_full_disk_stops_with_a_clear_message_and_keeps_the_previo
                      r"intact", proc.stderr), proc.stderr[-2000:]
     assert {n: sha(save / n) for n in before} == before
     assert not [n for n in os.listdir(save) if ".tmp" in n or n == "checkpoint_1_6.pt"]
+
+
+def test_loading_a_truncated_checkpoint_names_the_file_and_the_way_forward(trained, tmp_path):
+    # fairseq-generate / fairseq-eval-lm --path, scripts: one message instead of a deep zip-reader error
+    from fairseq import checkpoint_utils
+
+    torn = tmp_path / "checkpoint_last.pt"
+    data = (trained["save"] / "checkpoint_last.pt").read_bytes()
+    torn.write_bytes(data[: len(data) // 3])
+    with pytest.raises(RuntimeError, match=r"could not read checkpoint \S+checkpoint_last\.pt: the file is incomplete "
+                                           r"or corrupted \(.*\)\. Use another checkpoint of the same run"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(torn))

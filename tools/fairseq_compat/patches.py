@@ -98,7 +98,8 @@ PATCHES: List[Patch] = [
     Patch(
         name="safe-checkpoint-load-helper",
         path="fairseq/checkpoint_utils.py",
-        why="defines the allowlisted weights_only loader used by the two patches above",
+        why="defines the allowlisted weights_only loader used by the two patches above; it also names "
+        "a truncated or corrupted file as such instead of a deep zip-reader error",
         old="logger = logging.getLogger(__name__)\n",
         new='''logger = logging.getLogger(__name__)
 
@@ -119,9 +120,18 @@ def _checkpoint_safe_globals():
 
 
 def _safe_load_checkpoint(f, map_location):
-    """torch.load with weights_only=True and an explicit allowlist (mega-fairseq patch)."""
+    """torch.load with weights_only=True and an explicit allowlist (mega-fairseq patch). A file that is
+    incomplete or corrupted is reported as such, naming it, instead of as a deep zip-reader error."""
     with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-        return torch.load(f, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(f, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, OSError) as e:  # f is open: an OSError here is about its contents
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RuntimeError(
+                "could not read checkpoint {}: the file is incomplete or corrupted ({}). Use another checkpoint "
+                "of the same run (checkpoint_best.pt, checkpoint_N.pt, checkpoint_E_U.pt); fairseq-train resumes "
+                "from the newest one that loads by itself".format(getattr(f, "name", f), detail)
+            ) from None
 ''',
     ),
     Patch(
