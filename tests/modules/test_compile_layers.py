@@ -8,8 +8,7 @@ one-token decoding step (output and the carried state). The unit tests compile w
 fails ``fullgraph=True``) without code generation, so they stay quick; the real inductor (C++ on
 CPU) runs in the ``e2e`` test at the end and from the command line (``--compile-layers``).
 
-Known graph breaks in code owned elsewhere are reported as xfail with the file and the reason
-(see ``KNOWN_BREAKS``); any other break, or a numeric difference, fails.
+A graph break (``fullgraph=True`` raises) or a numeric difference fails.
 """
 import copy
 
@@ -22,17 +21,6 @@ from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
 
 TOLERANCE = 1e-5
 D, Z, H, N, CHUNK = 16, 8, 24, 4, 8
-
-#: (text in dynamo's error, where, why): graph breaks found in code this test does not own.
-KNOWN_BREAKS = (
-    ("Data pointer comparison", "exponential_moving_average.py MultiHeadEMA._cached",
-     "the eval-mode coefficient cache compares p.data_ptr() signatures (decoding steps)"),
-    ("storage_offset", "toeplitz_matrix.py sum_lag_diagonals",
-     "sheared.storage_offset() returns a Python int inside the Toeplitz backward (every training forward)"),
-    ("torch.autograd.grad", "fused_gates.py GatedAttentionValues.backward",
-     "torch.autograd.grad inside an autograd.Function backward (dynamo traces backwards at forward time)"),
-)
-
 
 def layer_config(**overrides) -> MegaLayerConfig:
     values = dict(embed_dim=D, zdim=Z, hdim=H, ndim=N, ffn_hidden_dim=32, chunk_size=CHUNK, truncation=None,
@@ -58,21 +46,9 @@ def causal_mask(length: int) -> torch.Tensor:
 
 
 def compile_fullgraph(module, backend="aot_eager"):
-    """``torch.compile(module, fullgraph=True)``; a graph break raises (xfail when it is a known one)."""
+    """``torch.compile(module, fullgraph=True)``: any graph break raises."""
     torch._dynamo.reset()
-    compiled = torch.compile(module, fullgraph=True, backend=backend)
-
-    def call(*args, **kwargs):
-        try:
-            return compiled(*args, **kwargs)
-        except Exception as error:  # dynamo's Unsupported / BackendCompilerFailed
-            text = str(error)
-            for marker, where, why in KNOWN_BREAKS:
-                if marker in text:
-                    pytest.xfail("graph break in {}: {}".format(where, why))
-            raise
-
-    return call
+    return torch.compile(module, fullgraph=True, backend=backend)
 
 
 def first(output):
