@@ -3,7 +3,8 @@
 Covered: ``MovingAverageGatedAttention`` (causal chunked, the EMA's Toeplitz path; bidirectional,
 the blocked-scan path), ``MegaEncoderLayer`` and ``MegaDecoderLayer`` (with cross-attention)
 training forward and backward (outputs and every gradient within 1e-5 of eager), and the
-one-token decoding step (output and the carried state). The unit tests compile with the
+one-token decoding step (output and the carried state). Compiling is slow on a small CPU: the
+decoding-step case of the decoder layer runs with the unit tests, the others are marked ``e2e``. The unit tests compile with the
 ``aot_eager`` backend: it traces forward and backward exactly as inductor does (any graph break
 fails ``fullgraph=True``) without code generation, so they stay quick; the real inductor (C++ on
 CPU) runs in the ``e2e`` test at the end and from the command line (``--compile-layers``).
@@ -20,6 +21,9 @@ from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MovingAvera
 from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
 
 TOLERANCE = 1e-5
+#: compiling costs ~10 s per case on 2 busy cores: only the decoder layer's decoding step stays in
+#: the quick unit run (make test-fast); the rest run with the e2e tests (make test)
+SLOW = pytest.mark.e2e
 D, Z, H, N, CHUNK = 16, 8, 24, 4, 8
 
 def layer_config(**overrides) -> MegaLayerConfig:
@@ -97,6 +101,7 @@ def assert_compiled_step_equals_eager(module, prefill, step, backend="aot_eager"
         assert value.shape == eager_value.shape and max_diff(value, eager_value) <= TOLERANCE
 
 
+@SLOW
 def test_causal_chunked_attention_training_compiles_as_one_graph():
     torch.manual_seed(0)
     module = randomized(MovingAverageGatedAttention(D, Z, H, N, chunk_size=CHUNK, dropout=0.1, hidden_dropout=0.1))
@@ -107,6 +112,7 @@ def test_causal_chunked_attention_training_compiles_as_one_graph():
                                           attn_mask=causal_mask(20))
 
 
+@SLOW
 def test_bidirectional_blocked_scan_attention_training_compiles_as_one_graph():
     torch.manual_seed(1)
     module = randomized(MovingAverageGatedAttention(D, Z, H, N, chunk_size=CHUNK, bidirectional=True))
@@ -114,6 +120,7 @@ def test_bidirectional_blocked_scan_attention_training_compiles_as_one_graph():
     assert_compiled_training_equals_eager(module, [torch.randn(40, 2, D)])
 
 
+@SLOW
 def test_encoder_layer_training_compiles_as_one_graph():
     torch.manual_seed(2)
     layer = randomized(MegaEncoderLayer(layer_config(rel_pos_bias="rotary")))
@@ -122,6 +129,7 @@ def test_encoder_layer_training_compiles_as_one_graph():
     assert_compiled_training_equals_eager(layer, [torch.randn(12, 2, D)], encoder_padding_mask=padding_mask)
 
 
+@SLOW
 def test_decoder_layer_with_cross_attention_training_compiles_as_one_graph():
     torch.manual_seed(3)
     layer = randomized(MegaDecoderLayer(layer_config(truncation=6)))
@@ -129,6 +137,7 @@ def test_decoder_layer_with_cross_attention_training_compiles_as_one_graph():
                                           attn_mask=causal_mask(20))
 
 
+@SLOW
 def test_attention_one_token_decoding_step_compiles_as_one_graph():
     torch.manual_seed(4)
     module = randomized(MovingAverageGatedAttention(D, Z, H, N, chunk_size=CHUNK))
