@@ -189,12 +189,14 @@ def load_baseline_layer_class(rev):
 
 
 def _best_interleaved(functions, reps):
-    """Run each function once (warm-up), then ``reps`` rounds of all of them in turn; best times (s)."""
+    """Run each function once (warm-up), then ``reps`` rounds of all of them in turn (the order
+    reversed every other round, so that none always runs first); best times (s)."""
     for run in functions.values():
         run()
     best = {name: float("inf") for name in functions}
-    for _ in range(reps):
-        for name, run in functions.items():
+    for round_index in range(reps):
+        items = list(functions.items())
+        for name, run in items if round_index % 2 == 0 else items[::-1]:
             start = time.perf_counter()
             run()
             best[name] = min(best[name], time.perf_counter() - start)
@@ -252,7 +254,8 @@ def compare_with_baseline(rev, spec, threads):
         new(sequence[: spec["decode_position"]], incremental_state=states["after"])
         steps = {"before": [], "after": []}
         for t in range(spec["decode_position"], decode_end):
-            for name, layer in (("before", old), ("after", new)):
+            pair = (("before", old), ("after", new))
+            for name, layer in pair if t % 2 == 0 else pair[::-1]:
                 start = time.perf_counter()
                 layer(sequence[t : t + 1], incremental_state=states[name])
                 steps[name].append(time.perf_counter() - start)
