@@ -7,8 +7,9 @@ fairseq is imported once; the trainers, the reader and the preprocessing run in 
 - A tiny ``transformer_lm`` saves after every update (``checkpoint_1_<n>.pt``, then the atomic
   copies ``checkpoint_last.pt`` and, after a validation, ``checkpoint_best.pt``).
 - Each of the KILLS cycles starts a trainer on the same ``--save-dir`` (it resumes from
-  ``checkpoint_last.pt``), waits for a few saves and sends SIGKILL: even cycles while a temporary
-  checkpoint file is being written, odd cycles after a random delay of 0-40 ms into a save.
+  ``checkpoint_last.pt``), waits for a random number of save events (a temporary file appearing,
+  ``checkpoint_last.pt`` being replaced) and sends SIGKILL: even cycles while a temporary
+  checkpoint file is being written, odd cycles after a random delay of 0-40 ms.
 - Meanwhile a reader process loads ``checkpoint_last.pt`` with fairseq's loader in a loop.
 
 Reported: per restart, the update count of the last save the previous trainer logged as complete
@@ -43,6 +44,15 @@ def writing_a_checkpoint(save: Path, pid: int) -> bool:
     """Whether trainer ``pid`` has a temporary checkpoint file open: the patched fairseq writes
     ``.<name>.tmp-<pid>`` and renames it to ``<name>`` when complete."""
     return any(n.startswith(".") and n.endswith(".tmp-{}".format(pid)) for n in os.listdir(save))
+
+
+def last_file_id(save: Path):
+    """(inode, mtime) of checkpoint_last.pt, or None: changes whenever a save renames a new file onto it."""
+    try:
+        stat = os.stat(save / "checkpoint_last.pt")
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def fork_main(main, argv, log_path: Path) -> int:
@@ -138,19 +148,22 @@ def main(workdir: Path, kills: int, seed: int) -> dict:
     for cycle in range(kills):
         log = workdir / "train{:02d}.log".format(cycle)
         pid = fork_main(train.cli_main, argv, log)
-        saves_to_see = rng.randint(1, 3)
+        saves_to_see = rng.randint(2, 5)  # a save is usually seen twice: its start and its end
         in_temp_window = cycle % 2 == 0
         seen, was_temp, exited = 0, False, False
+        last_file = last_file_id(save)
         deadline = time.time() + 60
         while time.time() < deadline:
-            temp = writing_a_checkpoint(save, pid)
-            if temp and not was_temp:
+            # a save is seen starting (its temporary file appears) or ending (checkpoint_last.pt replaced),
+            # so that a poll descheduled past a short save still counts it
+            temp, current = writing_a_checkpoint(save, pid), last_file_id(save)
+            if (temp and not was_temp) or current != last_file:
                 seen += 1
-                if seen >= saves_to_see:
-                    if not in_temp_window:
-                        time.sleep(rng.uniform(0.0, 0.04))
-                    break
-            was_temp = temp
+            was_temp, last_file = temp, current
+            if seen >= saves_to_see and (temp or not in_temp_window):
+                if not in_temp_window:
+                    time.sleep(rng.uniform(0.0, 0.04))
+                break
             if os.waitpid(pid, os.WNOHANG) != (0, 0):
                 exited = True
                 break
