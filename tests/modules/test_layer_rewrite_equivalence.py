@@ -3,9 +3,12 @@
 The layer as it was at ``BEFORE_REWRITE`` (read with ``git show`` by the benchmark's loader, the
 way ``benchmarks/bench_layers.py --baseline-rev`` measures it) and the current one get the same
 weights and inputs: outputs, input gradients and every parameter gradient must agree, with
-padding, chunks of any fill, causal and bidirectional, every attention activation. Skipped
-where the git history is not available (e.g. an sdist).
+padding, chunks of any fill, causal and bidirectional, every attention activation. The ``e2e``
+tests at the end smoke-run both benchmarks' ``--baseline-rev`` modes (structure only, no timing
+assertions). Skipped where the git history is not available (e.g. an sdist).
 """
+import json
+import os
 import subprocess
 import sys
 
@@ -13,6 +16,7 @@ import pytest
 import torch
 
 from helpers import REPO_ROOT
+from mega_fairseq.modules.attention_weights import causal_attention_mask
 from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
 
 BEFORE_REWRITE = "c5153e8"
@@ -40,10 +44,9 @@ def old_layer_class():
 
 
 def causal_mask(length, chunk_size, attention_activation):
+    """The full-forward causal mask (chunk x chunk, or length x length unchunked), float64."""
     n = chunk_size if 0 < chunk_size < length else length
-    if attention_activation == "softmax":
-        return torch.triu(torch.full((n, n), float("-inf")), 1)
-    return torch.tril(torch.ones(n, n))
+    return causal_attention_mask(n, n, 0, attention_activation, torch.zeros((), dtype=torch.float64))
 
 
 def run(layer, x, padding_mask, attn_mask, out_weights):
@@ -78,3 +81,35 @@ def test_current_layer_equals_the_layer_before_the_rewrite(old_layer_class, bidi
                              run(old, x, padding_mask, attn_mask, out_weights)):
         assert got.shape == expected.shape
         assert (got - expected).abs().max().item() < 1e-12
+
+
+# ------------------------------------------------------------- benchmark smoke runs (e2e)
+def run_script(name, *args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.e2e
+def test_bench_layers_baseline_rev_quick():
+    report = run_script("bench_layers.py", "--quick", "--baseline-rev", BEFORE_REWRITE, "--reps", "1")
+    assert report["config"]["baseline_rev"] == BEFORE_REWRITE and report["config"]["threads"] == 1
+    assert report["max_abs_output_diff"] < 1e-5
+    assert set(report["train_fwd_bwd_ms"]) == {"before", "after", "matmuls"}
+    assert all(value > 0 for value in report["train_fwd_bwd_ms"].values())
+    assert set(report["decode_step_ms"]) == {"before", "after"}
+    assert report["ratios"]["train_speedup_before_over_after"] > 0
+    assert report["ratios"]["decode_step_after_over_before"] > 0
+    assert 0 < report["percent_of_matmul_peak"]["after"]
+
+
+@pytest.mark.e2e
+def test_bench_lm_baseline_rev_adds_the_old_layer_row():
+    report = run_script("bench_lm.py", "--lengths", "64", "--steps", "1", "--baseline-rev", BEFORE_REWRITE)
+    assert report["threads"] == 1
+    models = {point["model"] for point in report["points"]}
+    assert {"mega_lm", "mega_lm@" + BEFORE_REWRITE, "transformer_lm"} <= models
+    ratios = report["mega_over_transformer"]["64"]
+    assert ratios["train_peak_memory"] > 0 and ratios["baseline_train_peak_memory"] > 0
