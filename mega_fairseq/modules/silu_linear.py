@@ -25,15 +25,17 @@ class SiluLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         pre, weight = ctx.saved_tensors
+        # under autocast the forward ran in a lower precision than the weight: the backward
+        # computes in grad_out's dtype; autograd casts each gradient to its input's dtype
         grad_rows = grad_out.reshape(-1, grad_out.size(-1))
         grad_pre = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
-            hidden = F.silu(pre).reshape(-1, pre.size(-1))
+            hidden = F.silu(pre).reshape(-1, pre.size(-1)).to(grad_rows.dtype)
             grad_weight = grad_rows.t().mm(hidden)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(0)
         if ctx.needs_input_grad[0]:
-            grad_hidden = grad_rows.mm(weight).view(pre.shape)
+            grad_hidden = grad_rows.mm(weight.to(grad_rows.dtype)).view(pre.shape).to(pre.dtype)
             grad_pre = torch.ops.aten.silu_backward.grad_input(grad_hidden, pre, grad_input=grad_hidden)
         return grad_pre, grad_weight, grad_bias
 
