@@ -191,3 +191,19 @@ def test_loading_a_truncated_checkpoint_names_the_file_and_the_way_forward(train
     with pytest.raises(RuntimeError, match=r"could not read checkpoint \S+checkpoint_last\.pt: the file is incomplete "
                                            r"or corrupted \(.*\)\. Use another checkpoint of the same run"):
         checkpoint_utils.load_checkpoint_to_cpu(str(torn))
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from fairseq import checkpoint_utils
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING):
+        checkpoint_utils.lock_save_dir(str(tmp_path))  # no error: training goes on, unprotected
+    assert "cannot lock" in caplog.text and "would not be detected" in caplog.text
+    assert str(tmp_path) not in checkpoint_utils._held_save_dir_locks

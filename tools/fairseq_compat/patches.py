@@ -347,7 +347,7 @@ def lock_save_dir(save_dir):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             owner = _lock_owner(os.pread(fd, 200, 0).decode("utf-8", "replace"))
             if owner is not None and owner[1] == host and not _pid_alive(owner[0]):
                 # held by a child (data-loader worker) of a dead trainer: replace the file
@@ -363,6 +363,10 @@ def lock_save_dir(save_dir):
                 "--save-dir {} is in use by another trainer ({}; lock file {}). Use another --save-dir, or wait "
                 "for that run to end; two trainers on one directory overwrite each other's checkpoints".format(
                     save_dir, "PID {} on {}".format(*owner) if owner else "unknown process", path))
+        except OSError as e:  # a file system without locks (some network mounts): train, unprotected
+            os.close(fd)
+            logger.warning("cannot lock %s (%s): a second trainer on this --save-dir would not be detected", path, e)
+            return
         previous = _lock_owner(os.pread(fd, 200, 0).decode("utf-8", "replace"))
         if previous is not None and previous[0] != os.getpid():
             logger.warning("taking over %s from trainer PID %d on %s, which no longer runs", path, *previous)
