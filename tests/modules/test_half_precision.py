@@ -17,8 +17,6 @@ underflow (fast-decaying channels: ``q ~ 1e-3``) next to channels that barely de
 its input and output.
 """
 import copy
-import os
-import traceback
 
 import pytest
 import torch
@@ -152,27 +150,6 @@ def test_long_chunked_attention_on_realistic_scale_inputs(dtype):
                                 param_tolerance=LONG_PARAM_GRAD_TOLERANCE[dtype])
 
 
-#: known failures under autocast in code owned elsewhere: file -> why (the error is a dtype mismatch
-#: "expected m1 and m2 to have the same dtype" raised in that file)
-AUTOCAST_KNOWN_FAILURES = {
-    "silu_linear.py": "SiluLinear.backward multiplies the half gradient of the autocast forward by the float32 "
-                      "weight (grad_rows.mm(weight)); fix: cast to one dtype in the backward, or custom_fwd/custom_bwd",
-}
-
-
-def known_autocast_failure(error: Exception):
-    """``"file:line: why"`` when ``error`` is a known autocast dtype mismatch, else None."""
-    if "expected m1 and m2 to have the same dtype" not in str(error):
-        return None
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "mega_fairseq" in f.filename]
-    if not frames:
-        return None
-    name = os.path.basename(frames[-1].filename)
-    if name not in AUTOCAST_KNOWN_FAILURES:
-        return None
-    return "{}:{}: {}".format(name, frames[-1].lineno, AUTOCAST_KNOWN_FAILURES[name])
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_autocast_bfloat16_training_step_matches_float32(case):
     """torch.autocast on CPU (what fairseq --amp and GPU mixed precision use): float32 parameters, bf16 matmuls."""
@@ -183,16 +160,10 @@ def test_autocast_bfloat16_training_step_matches_float32(case):
     out32, input_grads32, param_grads32 = forward_backward(module, call, xs, torch.float32)
     module.zero_grad()
     leaves = [x.detach().clone().requires_grad_(True) for x in xs]
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = call(module, *leaves)
-        weights = torch.linspace(-1.0, 1.0, out.numel()).view_as(out)
-        (out.float() * weights).sum().backward()
-    except RuntimeError as error:
-        known = known_autocast_failure(error)
-        if known:
-            pytest.xfail(known)
-        raise
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = call(module, *leaves)
+    weights = torch.linspace(-1.0, 1.0, out.numel()).view_as(out)
+    (out.float() * weights).sum().backward()
     assert relative_error(out.float(), out32) <= TOLERANCE[torch.bfloat16]
     for leaf, grad32 in zip(leaves, input_grads32):
         assert relative_error(leaf.grad, grad32) <= TOLERANCE[torch.bfloat16]
