@@ -15,7 +15,7 @@ values, except where noted in a field's help:
   source dictionary, real numbers otherwise); officially it was required.
 
 Derived settings (``encoder_ffn_embed_dim`` <- ``encoder_hidden_dim``, ``classifier_in_dim`` <-
-``encoder_embed_dim``, ``max_positions`` <- the task's ``tokens_per_sample``) stay ``None`` here
+``num_documents`` x ``encoder_embed_dim``, ``max_positions`` <- the task's ``tokens_per_sample``) stay ``None`` here
 until :func:`mega_fairseq.models.mega_settings.read_settings` fills them from its one table.
 """
 import dataclasses
@@ -79,8 +79,11 @@ class LRAConfig(FairseqDataclass):
     # ---- classifier
     sentence_class_num: int = field(default=2, metadata={"help": "number of classes"})
     classifier_layers: int = field(default=1, metadata={"help": "hidden layers of the classifier (0: linear)"})
+    num_documents: int = field(
+        default=1, metadata={"help": "documents per row whose representations the classifier reads side by side "
+                                     "(2: AAN retrieval, net_input1); sets classifier_in_dim when that is unset"})
     classifier_in_dim: Optional[int] = field(
-        default=None, metadata={"help": "classifier input: encoder_embed_dim, or twice it for two documents (AAN)"})
+        default=None, metadata={"help": "classifier input (default: num_documents x encoder_embed_dim)"})
     classifier_out_dim: Optional[int] = field(default=2048, metadata={"help": "classifier hidden dimension"})
     classifier_activation_fn: ChoiceEnum(ACTIVATIONS) = field(
         default="gelu", metadata={"help": "activation of the classifier layers"})
@@ -131,8 +134,9 @@ LRA_PRESETS: Dict[str, Dict[str, Any]] = {
     "mega_lra_listop": _mega_lra_preset(160, 64, 6, 80, -1, 1024, 2002, "scalenorm", sentence_class_num=10),
     "mega_lra_imdb": _mega_lra_preset(256, 64, 4, 128, -1, 1024, 4002, "scalenorm"),
     # officially no norm_type (bug B7); scalenorm is the value of the official README recipe.
-    # Two documents per row: the classifier reads both representations side by side.
-    "mega_lra_aan": _mega_lra_preset(256, 64, 6, 128, -1, 1024, 4002, "scalenorm", classifier_in_dim=256),
+    # Two documents per row: the classifier reads both representations side by side (officially
+    # classifier_in_dim = 2 x encoder_embed_dim, taken after the command line: a data value here).
+    "mega_lra_aan": _mega_lra_preset(256, 64, 6, 128, -1, 1024, 4002, "scalenorm", num_documents=2),
     "mega_lra_cifar10": _mega_lra_preset(320, 96, 8, 160, 1024, 1024, 1024, "batchnorm", sentence_class_num=10),
     "mega_lra_pf32": _mega_lra_preset(256, 64, 6, 128, 1024, 1024, 1024, "batchnorm", sentence_class_num=2),
     "mega_lra_pf128": _mega_lra_preset(128, 32, 4, 64, 16384, 4096, 16384, "batchnorm", sentence_class_num=2),
@@ -160,6 +164,9 @@ def check_classifier_settings(settings: LRAConfig) -> None:
     if not 0.0 <= float(settings.encoder_layerdrop) < 1.0:
         raise ValueError("--encoder-layerdrop {} is out of range; allowed values: 0 <= p < 1".format(
             settings.encoder_layerdrop))
+    if int(settings.num_documents) not in (1, 2):
+        raise ValueError("num_documents={} is not supported; allowed values: 1, 2 (AAN retrieval)".format(
+            settings.num_documents))
     embed, in_dim = int(settings.encoder_embed_dim), int(settings.classifier_in_dim)
     if in_dim not in (embed, 2 * embed):
         raise ValueError("classifier_in_dim={} must be --encoder-embed-dim ({}, one document per row) or twice it "

@@ -23,7 +23,8 @@ ACTIVATIONS = tuple(available_activation_fns())
 
 #: derived setting -> the settings it takes its value from when unset, in order of preference;
 #: only the ones a model's config has count (e.g. the LM has no ``encoder_*`` settings, so its
-#: ``decoder_ffn_embed_dim`` follows ``decoder_hidden_dim``). ``"2*name"`` takes twice the value
+#: ``decoder_ffn_embed_dim`` follows ``decoder_hidden_dim``). ``"2*name"`` takes twice the value,
+#: ``"other*name"`` the product with setting ``other`` (taken as 1 when unset)
 #: of ``name``. Resolved top to bottom.
 DERIVED_DEFAULTS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("encoder_ffn_embed_dim", ("encoder_hidden_dim",)),
@@ -37,7 +38,7 @@ DERIVED_DEFAULTS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("max_target_positions", ("tokens_per_sample",)),
     ("max_positions", ("tokens_per_sample",)),
     # sequence classifiers (lra, sc_raw)
-    ("classifier_in_dim", ("encoder_embed_dim",)),
+    ("classifier_in_dim", ("num_documents*encoder_embed_dim", "encoder_embed_dim")),
     ("classifier_out_dim", ("2*encoder_embed_dim",)),
 )
 #: lengths the task did not provide (a model built outside a task, an old checkpoint)
@@ -86,10 +87,13 @@ def read_settings(cfg, config_cls: Type[C]) -> C:
         if name in values and values[name] is None:
             for twin in twins:
                 factor, _, twin_name = twin.rpartition("*")
-                if twin_name in values:
-                    value = values[twin_name]
-                    values[name] = value * int(factor) if factor and value is not None else value
-                    break
+                if twin_name not in values or (factor and not factor.isdigit() and factor not in values):
+                    continue
+                value = values[twin_name]
+                if factor and value is not None:
+                    value = value * int(factor if factor.isdigit() else (values[factor] or 1))
+                values[name] = value
+                break
     for name in _LENGTH_SETTINGS:
         if name in values and values[name] is None:
             values[name] = DEFAULT_MAX_POSITIONS

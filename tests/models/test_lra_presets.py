@@ -73,6 +73,10 @@ def arch_cfg(arch):
     return convert_namespace_to_omegaconf(arch_args(arch))
 
 
+def arch_cfg_with(arch, *extra):
+    return convert_namespace_to_omegaconf(arch_args(arch, extra))
+
+
 def stub_task(arch):
     if arch not in TEXT_ARCHS:
         return StubTask(None)
@@ -133,6 +137,14 @@ def test_aan_builds_without_norm_type_and_takes_two_documents():
     assert model.settings.norm_type == "scalenorm"
     assert model.num_documents == 2
     assert model.classifier[0][0].in_features == 256
+
+
+def test_aan_classifier_input_follows_a_command_line_width():
+    """Officially classifier_in_dim = 2 x encoder_embed_dim after the command line (was a fixed 256)."""
+    settings = LRAModel.read_config(arch_args("mega_lra_aan", ["--encoder-embed-dim", "8"]))
+    assert (settings.encoder_embed_dim, settings.classifier_in_dim) == (8, 16)
+    model = build_on_meta(arch_cfg_with("mega_lra_aan", "--encoder-embed-dim", "8").model, "mega_lra_aan")
+    assert model.num_documents == 2 and model.classifier[0][0].in_features == 16
 
 
 def test_command_line_values_win_over_the_preset():
