@@ -37,7 +37,7 @@ revision ``REV`` (its source is read with ``git show`` at run time and loaded ne
 package's other modules; no old copy is kept in the package) against the current one, with the
 same weights, at d=512 z=128 h=1024 n=16, chunk 128, L=2048 x 4 sequences by default. The two
 layers and a matmul-only reference (the three projections' forward + backward GEMMs of the same
-shapes, i.e. the machine's matmul speed for this layer) are timed interleaved, best of
+shapes, i.e. the machine's matmul speed for this layer) are timed interleaved (the order alternating), best of
 ``--reps``; so is the one-token decode step. Prints the time ratio old / new, the share of the
 layer time the projection GEMMs would take at the measured matmul speed ("% of matmul peak") and
 the decode step ratio.
