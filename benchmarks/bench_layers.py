@@ -169,12 +169,17 @@ def worker_decode(spec):
 
 
 # ------------------------------------------------------- before / after
-def load_baseline_layer_class(rev):
-    """``MovingAverageGatedAttention`` as it was at git revision ``rev``, loaded from ``git show``.
+def load_baseline_layer_class(rev, scope="modules"):
+    """``MovingAverageGatedAttention`` as it was at git revision ``rev``, loaded from git.
 
-    The old source runs as a module of the current package, so its relative imports (EMA,
-    attention weights, norms...) resolve to today's versions: the comparison isolates this file.
+    ``scope="modules"``: the whole ``mega_fairseq/modules`` package of ``rev`` (its EMA, attention
+    weights, norms...) is extracted to a temporary folder and imported under another name, so the
+    comparison covers everything the layer runs. ``scope="layer"``: only the layer file of ``rev``
+    runs, as a module of the current package (its relative imports resolve to today's EMA etc.),
+    which isolates that file.
     """
+    if scope == "modules":
+        return _load_baseline_package(rev).MovingAverageGatedAttention
     source = subprocess.run(["git", "-C", REPO_ROOT, "show", "{}:{}".format(rev, LAYER_PATH)],
                             capture_output=True, text=True, check=True).stdout
     import mega_fairseq.modules  # noqa: F401  (the package the old file's relative imports need)
@@ -186,6 +191,21 @@ def load_baseline_layer_class(rev):
     sys.modules[name] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module.MovingAverageGatedAttention
+
+
+def _load_baseline_package(rev):
+    import importlib
+    import tempfile
+
+    package = "mega_modules_at_{}".format("".join(c if c.isalnum() else "_" for c in rev))
+    root = tempfile.mkdtemp(prefix="bench-baseline-")
+    folder = os.path.join(root, package)
+    os.makedirs(folder)
+    archive = subprocess.run(["git", "-C", REPO_ROOT, "archive", rev, "mega_fairseq/modules"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder, "--strip-components", "2"], input=archive, check=True)
+    sys.path.insert(0, root)
+    return importlib.import_module(package)
 
 
 def _best_interleaved(functions, reps):
@@ -203,7 +223,7 @@ def _best_interleaved(functions, reps):
     return best
 
 
-def compare_with_baseline(rev, spec, threads):
+def compare_with_baseline(rev, spec, threads, scope="modules"):
     import torch
     import torch.nn.functional as F
     from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
@@ -215,7 +235,7 @@ def compare_with_baseline(rev, spec, threads):
     decode_end = spec["decode_position"] + spec["decode_window"]
     kwargs = dict(chunk_size=chunk, max_positions=max(length, decode_end))
     new = MovingAverageGatedAttention(width, zdim, hdim, ndim, **kwargs)
-    old = load_baseline_layer_class(rev)(width, zdim, hdim, ndim, **kwargs)
+    old = load_baseline_layer_class(rev, scope)(width, zdim, hdim, ndim, **kwargs)
     old.load_state_dict(new.state_dict())
     mask = torch.triu(torch.full((chunk, chunk), float("-inf")), 1)
     x = torch.randn(length, batch, width, requires_grad=True)
@@ -261,7 +281,7 @@ def compare_with_baseline(rev, spec, threads):
                 steps[name].append(time.perf_counter() - start)
     median = {name: sorted(times)[len(times) // 2] for name, times in steps.items()}
     return dict(
-        config=dict(spec, baseline_rev=rev, threads=threads, torch=torch.__version__),
+        config=dict(spec, baseline_rev=rev, baseline_scope=scope, threads=threads, torch=torch.__version__),
         max_abs_output_diff=same_output,
         train_fwd_bwd_ms={name: round(value * 1e3, 1) for name, value in train.items()},
         matmul_gflops=round(flops / train["matmuls"] / 1e9, 1),
@@ -312,6 +332,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every measurement")
     parser.add_argument("--baseline-rev", metavar="REV",
                         help="measure the layer at git revision REV against the current one, in one process")
+    parser.add_argument("--baseline-scope", choices=["modules", "layer"], default="modules",
+                        help="with --baseline-rev: the whole modules package of REV (the layer with its EMA, "
+                             "default) or only the layer file on today's EMA")
     parser.add_argument("--reps", type=int, help="timed repetitions (default: 3, or 5 with --baseline-rev)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -320,7 +343,7 @@ def main():
         if args.quick:
             spec.update(width=32, zdim=16, hdim=64, ndim=4, chunk=16, length=64, batch=2, decode_position=20,
                         decode_window=8)
-        print(json.dumps(compare_with_baseline(args.baseline_rev, spec, args.threads), indent=1))
+        print(json.dumps(compare_with_baseline(args.baseline_rev, spec, args.threads, args.baseline_scope), indent=1))
         return
     if args.worker:
         kind, spec = args.worker[0], json.loads(args.worker[1])
