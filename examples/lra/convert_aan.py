@@ -7,11 +7,10 @@ Each document becomes byte-level tokens cut to ``--max-length`` (4,000) bytes; `
 
     python convert_aan.py TSV_DIR OUT [--max-length 4000]
 """
-import argparse
 from pathlib import Path
 
 from byte_tokens import byte_tokens
-from fairseq_binarize import binarize
+from fairseq_binarize import converter_parser, write_and_binarize
 
 RELEASE_SPLITS = {"train": "new_aan_pairs.train.tsv", "valid": "new_aan_pairs.eval.tsv",
                   "test": "new_aan_pairs.test.tsv"}
@@ -35,26 +34,15 @@ def read_pairs(path: Path, max_length: int):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tsv_dir", help="folder with new_aan_pairs.{train,eval,test}.tsv")
-    parser.add_argument("out")
-    parser.add_argument("--max-length", type=int, default=4000, help="bytes kept per document")
-    parser.add_argument("--srcdict")
-    parser.add_argument("--labeldict")
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    raw = Path(args.out) / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    args = converter_parser(__doc__, "tsv_dir", "folder with new_aan_pairs.{train,eval,test}.tsv",
+                            "document").parse_args(argv)
+    splits = {}
     for split, name in RELEASE_SPLITS.items():
         path = Path(args.tsv_dir) / name
         if not path.exists():
             raise SystemExit("{} not found (the LRA release's lra_release/tsv_data/ folder holds it)".format(path))
-        rows = read_pairs(path, args.max_length)
-        (raw / (split + ".input")).write_text("".join(a + "\n" for a, _, _ in rows))
-        (raw / (split + ".input1")).write_text("".join(b + "\n" for _, b, _ in rows))
-        (raw / (split + ".label")).write_text("".join(y + "\n" for _, _, y in rows))
-    binarize(raw, Path(args.out), args.workers, args.srcdict, args.labeldict)
-    print("wrote", args.out)
+        splits[split] = read_pairs(path, args.max_length)
+    write_and_binarize(splits, args)
 
 
 if __name__ == "__main__":

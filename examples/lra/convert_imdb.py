@@ -8,11 +8,10 @@ other); Mega's ``imdb-4000`` keeps at most 4,000 bytes per review. Input: ``aclI
 
 writes ``OUT/raw/`` and, through ``fairseq-preprocess``, ``OUT/src-bin`` + ``OUT/label-bin``.
 """
-import argparse
 from pathlib import Path
 
 from byte_tokens import byte_tokens
-from fairseq_binarize import binarize
+from fairseq_binarize import converter_parser, write_and_binarize
 
 SOURCE_SPLITS = {"train": "train", "valid": "test", "test": "test"}
 LABELS = {"neg": "0", "pos": "1"}
@@ -32,22 +31,10 @@ def read_reviews(folder: Path, max_length: int):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("imdb_dir", help="the extracted aclImdb/ folder")
-    parser.add_argument("out")
-    parser.add_argument("--max-length", type=int, default=4000, help="bytes kept per review")
-    parser.add_argument("--srcdict")
-    parser.add_argument("--labeldict")
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    raw = Path(args.out) / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, source in SOURCE_SPLITS.items():
-        rows = read_reviews(Path(args.imdb_dir) / source, args.max_length)
-        (raw / (split + ".input")).write_text("".join(tokens + "\n" for tokens, _ in rows))
-        (raw / (split + ".label")).write_text("".join(label + "\n" for _, label in rows))
-    binarize(raw, Path(args.out), args.workers, args.srcdict, args.labeldict)
-    print("wrote", args.out)
+    args = converter_parser(__doc__, "imdb_dir", "the extracted aclImdb/ folder", "review").parse_args(argv)
+    splits = {split: read_reviews(Path(args.imdb_dir) / source, args.max_length)
+              for split, source in SOURCE_SPLITS.items()}
+    write_and_binarize(splits, args)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ parentheses, e.g. ``( ( ( [MAX 2 ) 9 ) ] )``, ``Target`` the answer 0-9). Parent
 
 writes ``OUT/raw/`` and, through ``fairseq-preprocess``, ``OUT/src-bin`` + ``OUT/label-bin``.
 """
-import argparse
 import csv
 import sys
 from pathlib import Path
 
-from fairseq_binarize import binarize
+from fairseq_binarize import converter_parser, write_and_binarize
 
 RELEASE_SPLITS = {"train": "basic_train.tsv", "valid": "basic_val.tsv", "test": "basic_test.tsv"}
 
@@ -41,24 +40,14 @@ def read_release_split(path: Path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("release_dir", help="folder with basic_{train,val,test}.tsv")
-    parser.add_argument("out")
-    parser.add_argument("--srcdict")
-    parser.add_argument("--labeldict")
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    raw = Path(args.out) / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    args = converter_parser(__doc__, "release_dir", "folder with basic_{train,val,test}.tsv").parse_args(argv)
+    splits = {}
     for split, name in RELEASE_SPLITS.items():
         path = Path(args.release_dir) / name
         if not path.exists():
             raise SystemExit("{} not found (the LRA release's lra_release/listops-1000/ folder holds it)".format(path))
-        rows = read_release_split(path)
-        (raw / (split + ".input")).write_text("".join(tokens + "\n" for tokens, _ in rows))
-        (raw / (split + ".label")).write_text("".join(label + "\n" for _, label in rows))
-    binarize(raw, Path(args.out), args.workers, args.srcdict, args.labeldict)
-    print("wrote", args.out)
+        splits[split] = read_release_split(path)
+    write_and_binarize(splits, args)
 
 
 if __name__ == "__main__":

@@ -97,3 +97,30 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def converter_parser(description: str, source: str, source_help: str, max_length_unit: str = None):
+    """The command line every text converter shares: SOURCE OUT [--max-length] --srcdict --labeldict
+    --workers (``max_length_unit`` None: no ``--max-length``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(source, help=source_help)
+    parser.add_argument("out")
+    if max_length_unit:
+        parser.add_argument("--max-length", type=int, default=4000, help="bytes kept per " + max_length_unit)
+    parser.add_argument("--srcdict")
+    parser.add_argument("--labeldict")
+    parser.add_argument("--workers", type=int, default=1)
+    return parser
+
+
+def write_and_binarize(splits, args) -> None:
+    """Write ``{split: rows}`` (rows of ``(document, ..., label)`` strings: one or two documents and
+    the label last) as ``OUT/raw/{split}.input[1]`` / ``.label``, then :func:`binarize` them into OUT."""
+    raw = Path(args.out) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        for index, suffix in enumerate(("input", "input1")[: len(rows[0]) - 1] if rows else ("input",)):
+            (raw / "{}.{}".format(split, suffix)).write_text("".join(row[index] + "\n" for row in rows))
+        (raw / (split + ".label")).write_text("".join(row[-1] + "\n" for row in rows))
+    binarize(raw, Path(args.out), args.workers, args.srcdict, args.labeldict)
+    print("wrote", args.out)

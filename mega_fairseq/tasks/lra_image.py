@@ -14,16 +14,12 @@ all L}, ``target`` (B,) int64 (the raw label is the class id), ``id``, ``nsenten
 import logging
 import os
 
-import numpy as np
 from fairseq.data import (
     IdDataset,
-    NestedDictionaryDataset,
     NumelDataset,
     NumSamplesDataset,
     RawLabelDataset,
-    SortDataset,
     TruncateDataset,
-    data_utils,
 )
 from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.tasks import LegacyFairseqTask, register_task
@@ -40,6 +36,7 @@ from mega_fairseq.tasks.lra_checks import (
     require_file,
 )
 from mega_fairseq.tasks.lra_task_args import add_common_lra_args, check_common_lra_args
+from mega_fairseq.data.shuffled_split import shuffled_split
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +101,7 @@ class LRAImageTask(LegacyFairseqTask):
                     label_path, len(labels), src_path, len(src)))
             check_labels_in_range(labels, getattr(self.args, "sentence_class_num", None), label_path)
             dataset["target"] = RawLabelDataset(labels)
-        dataset = NestedDictionaryDataset(dataset, sizes=[src.sizes])
-        if not getattr(self.args, "no_shuffle", False):
-            with data_utils.numpy_seed(self.args.seed):
-                order = np.random.permutation(len(src))
-            dataset = SortDataset(dataset, sort_order=[order])
+        dataset = shuffled_split(dataset, src.sizes, self.args)
         logger.info("[%s] %s: %d images of %d pixels", TASK_NAME, split, len(dataset), length)
         self.datasets[split] = dataset
         return dataset

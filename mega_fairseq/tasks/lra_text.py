@@ -24,12 +24,10 @@ import numpy as np
 from fairseq.data import (
     Dictionary,
     IdDataset,
-    NestedDictionaryDataset,
     NumelDataset,
     NumSamplesDataset,
     PrependTokenDataset,
     RightPadDataset,
-    SortDataset,
     TruncateDataset,
     data_utils,
 )
@@ -44,6 +42,7 @@ from mega_fairseq.tasks.lra_checks import (
     require_file,
 )
 from mega_fairseq.tasks.lra_task_args import add_common_lra_args, check_common_lra_args
+from mega_fairseq.data.shuffled_split import shuffled_split
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +145,7 @@ class LRATextTask(LegacyFairseqTask):
                     split, len(labels), len(src)))
             check_label_rows(labels, self._label_dictionary, label_path)
             dataset["target"] = label_targets(labels, self._label_dictionary)
-        dataset = NestedDictionaryDataset(dataset, sizes=[sizes])
-        if not getattr(self.args, "no_shuffle", False):
-            with data_utils.numpy_seed(self.args.seed):
-                order = np.random.permutation(len(src))
-            dataset = SortDataset(dataset, sort_order=[order])
+        dataset = shuffled_split(dataset, sizes, self.args)
         logger.info("[%s] %s: %d rows", TASK_NAME, split, len(dataset))
         self.datasets[split] = dataset
         return dataset

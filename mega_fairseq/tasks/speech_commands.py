@@ -14,16 +14,12 @@ code downloaded and processed with torchaudio, which it never imported: B8).
 import logging
 import os
 
-import numpy as np
 import torch
 from fairseq.data import (
     IdDataset,
-    NestedDictionaryDataset,
     NumelDataset,
     NumSamplesDataset,
     RawLabelDataset,
-    SortDataset,
-    data_utils,
 )
 from fairseq.tasks import LegacyFairseqTask, register_task
 
@@ -36,6 +32,7 @@ from mega_fairseq.tasks.lra_checks import (
     describe_data_folder,
 )
 from mega_fairseq.tasks.lra_task_args import add_common_lra_args, check_common_lra_args
+from mega_fairseq.data.shuffled_split import shuffled_split
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +116,7 @@ class SpeechCommandsTask(LegacyFairseqTask):
             labels = labels.tolist()
             check_labels_in_range(labels, getattr(self.args, "sentence_class_num", None), stem + "_y.pt")
             dataset["target"] = RawLabelDataset(labels)
-        dataset = NestedDictionaryDataset(dataset, sizes=[waves.sizes])
-        if not getattr(self.args, "no_shuffle", False):
-            with data_utils.numpy_seed(self.args.seed):
-                order = np.random.permutation(len(waves))
-            dataset = SortDataset(dataset, sort_order=[order])
+        dataset = shuffled_split(dataset, waves.sizes, self.args)
         logger.info("[%s] %s: %d waveforms of %d samples", TASK_NAME, split, len(dataset), length)
         self.datasets[split] = dataset
         return dataset
