@@ -175,3 +175,24 @@ def test_bad_settings_give_clear_errors(overrides, message):
 def test_shared_input_output_embedding():
     model = tiny_model(share_decoder_input_output_embed=True)
     assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
+
+
+@pytest.mark.parametrize("chunk", [-7, -2])
+def test_negative_chunk_sizes_other_than_minus_one_are_refused_like_the_encoders(chunk):
+    """Issue 9: --decoder-chunk-size -7 was silently taken as -1 by mega_lm (the encoder refused -5)."""
+    with pytest.raises(ValueError, match=r"decoder_chunk_size={} is not supported; allowed values: -1 or 0".format(chunk)):
+        tiny_model(decoder_chunk_size=chunk)
+
+
+def test_zero_chunk_size_means_no_chunking():
+    assert tiny_model(decoder_chunk_size=0).decoder.chunk_size == -1
+
+
+def test_a_checkpoint_of_another_dictionary_size_gets_the_clear_message():
+    """Issue 9: PyTorch's raw 'size mismatch' before; now the message translation gives."""
+    state = tiny_model().state_dict()
+    other = MegaLanguageModel.build_model(argparse.Namespace(
+        decoder_layers=2, decoder_embed_dim=16, decoder_hidden_dim=24, decoder_z_dim=8, decoder_n_dim=4,
+        decoder_ffn_embed_dim=20, decoder_chunk_size=4, tokens_per_sample=64), DictionaryTask(Dictionary()))
+    with pytest.raises(ValueError, match=r"has \d+ rows but the target dictionary has 4 symbols.*does not match"):
+        other.load_state_dict(state)

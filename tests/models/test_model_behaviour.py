@@ -130,6 +130,7 @@ def test_a_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error(dictio
     ({"attention_activation_fn": "tanh"}, "attention_activation_fn='tanh' is not supported; allowed values"),
     ({"normalization_type": "groupnorm"}, "normalization_type='groupnorm' is not supported"),
     ({"encoder_chunk_size": -5}, "encoder_chunk_size=-5 is not supported"),
+    ({"decoder_chunk_size": -7}, "decoder_chunk_size=-7 is not supported"),
     ({"encoder_z_dim": 0}, "encoder_z_dim=0 must be a positive integer"),
     ({"decoder_embed_dim": 32}, "share-all-embeddings requires --encoder-embed-dim"),
 ])
