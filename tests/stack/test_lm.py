@@ -123,3 +123,5 @@ def test_hydra_train_runs_from_a_yaml_config(lm_data, tmp_path):
     assert re.search(r"num_updates 3\b", log), log[-3000:]
     assert (save / "checkpoint_last.pt").exists()
     assert "version_base parameter is not specified" not in log  # hydra-main-version-base
+    # hydra-train-quiet-schema-and-chdir-notices
+    assert "validated against ConfigStore schema" not in log and "no longer change working directory" not in log

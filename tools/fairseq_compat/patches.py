@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 # Bumped whenever the patch set changes; becomes the wheel's local version label (0.12.2+megaN).
-PATCH_SET_VERSION = 5
+PATCH_SET_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -673,6 +673,23 @@ def convert_namespace_to_omegaconf(args: Namespace) -> DictConfig:
         "'1.1' keeps exactly the behaviour it assumed",
         old='@hydra.main(config_path=os.path.join("..", "fairseq", "config"), config_name="config")\n',
         new='@hydra.main(config_path=os.path.join("..", "fairseq", "config"), config_name="config", version_base="1.1")\n',
+    ),
+    Patch(
+        name="hydra-train-quiet-schema-and-chdir-notices",
+        path="fairseq_cli/hydra_train.py",
+        why="fairseq-hydra-train stores its schema under the user's config name (so Hydra >= 1.1 printed "
+        "'<name>' is validated against ConfigStore schema with the same name' twice on every run) and relies "
+        "on Hydra changing into hydra.run.dir (Hydra >= 1.2 printed 'Future Hydra versions will no longer "
+        "change working directory' on every run); both are about fairseq's own design, nothing a user can act "
+        "on, so exactly these two notices are hidden; the behaviour is unchanged",
+        old="    hydra_init(cfg_name)\n    hydra_main()\n",
+        new="    import warnings  # mega-fairseq: hide two Hydra notices about fairseq's design (see the patch set)\n"
+        "\n"
+        "    warnings.filterwarnings(\"ignore\", message=r\"\\s*'.*' is validated against ConfigStore schema with \"\n"
+        "                            r\"the same name\", category=UserWarning)\n"
+        "    warnings.filterwarnings(\"ignore\", message=r\"Future Hydra versions will no longer change working \"\n"
+        "                            r\"directory\", category=UserWarning)\n"
+        "    hydra_init(cfg_name)\n    hydra_main()\n",
     ),
     Patch(
         name="dataloader-pin-memory-cuda-only",
