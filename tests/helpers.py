@@ -57,6 +57,17 @@ def max_diff(a, b) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
+def word_dictionary(num_words: int, prefix: str = "w", descending_counts: bool = False):
+    """A fairseq Dictionary of the special symbols plus ``prefix0 .. prefix{num_words-1}`` (counts
+    1000, 999, ... with ``descending_counts``, so the frequency order is the insertion order)."""
+    from fairseq.data import Dictionary
+
+    dictionary = Dictionary()
+    for i in range(num_words):
+        dictionary.add_symbol("{}{}".format(prefix, i), n=1000 - i if descending_counts else 1)
+    return dictionary
+
+
 def dictionary_from_spec(spec):
     """A fairseq Dictionary from a fixture's ``{symbols, counts, nspecial}`` spec."""
     from fairseq.data import Dictionary

@@ -12,11 +12,10 @@ import math
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 
 import mega_fairseq.modules.exponential_moving_average as ema_module
 from gpu.cuda_support import DEVICE, GPU_MARKS, exact_float32_matmuls  # noqa: F401
-from helpers import StubTask
+from helpers import StubTask, word_dictionary
 
 pytestmark = GPU_MARKS
 VOCAB_WORDS, STRIDE = 24, 5
@@ -25,10 +24,7 @@ LOSS_TOLERANCE = 0.1  # relative, on the mean loss of the last five updates
 
 
 def dictionary():
-    words = Dictionary()
-    for i in range(VOCAB_WORDS):
-        words.add_symbol("w{}".format(i), n=1000 - i)
-    return words
+    return word_dictionary(VOCAB_WORDS, descending_counts=True)
 
 
 def language_model():

@@ -5,12 +5,11 @@ import copy
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 from fairseq.sequence_generator import SequenceGenerator
 
 from gpu.cuda_support import (DEVICE, FLOAT32_RELATIVE_TOLERANCE, GPU_MARKS, exact_float32_matmuls,  # noqa: F401
                               relative_error, to_device)
-from helpers import StubTask, incremental_logits
+from helpers import StubTask, incremental_logits, word_dictionary
 
 pytestmark = GPU_MARKS
 PAD, EOS, VOCAB_WORDS = 1, 2, 30
@@ -18,10 +17,7 @@ PAD, EOS, VOCAB_WORDS = 1, 2, 30
 
 @pytest.fixture(scope="module")
 def dictionary():
-    dictionary = Dictionary()
-    for i in range(VOCAB_WORDS):
-        dictionary.add_symbol("w{}".format(i), n=1000 - i)
-    return dictionary
+    return word_dictionary(VOCAB_WORDS, descending_counts=True)
 
 
 def spread(model, seed=0):

@@ -9,9 +9,8 @@ import argparse
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 
-from helpers import StubTask, incremental_logits, max_diff
+from helpers import StubTask, incremental_logits, max_diff, word_dictionary
 
 PAD, EOS = 1, 2
 VOCAB_WORDS = 30
@@ -19,10 +18,7 @@ VOCAB_WORDS = 30
 
 @pytest.fixture(scope="module")
 def dictionary():
-    dictionary = Dictionary()
-    for i in range(VOCAB_WORDS):
-        dictionary.add_symbol("w{}".format(i), n=1000 - i)
-    return dictionary
+    return word_dictionary(VOCAB_WORDS, descending_counts=True)
 
 
 def translation_model(dictionary, checkpoint_activations):

@@ -13,21 +13,14 @@ from fairseq.data import Dictionary
 from mega_fairseq.models.mega_lm import MegaLanguageModel
 from mega_fairseq.models.mega_settings import UNBOUNDED_POSITIONS
 
+from helpers import StubTask, word_dictionary
+
 TOLERANCE = 1e-5
 VOCAB_WORDS = 40
 
 
-class DictionaryTask:
-    def __init__(self, dictionary):
-        self.source_dictionary = dictionary
-        self.target_dictionary = dictionary
-
-
-def tiny_task() -> DictionaryTask:
-    dictionary = Dictionary()
-    for i in range(VOCAB_WORDS):
-        dictionary.add_symbol("w{}".format(i), n=1000 - i)
-    return DictionaryTask(dictionary)
+def tiny_task() -> StubTask:
+    return StubTask(word_dictionary(VOCAB_WORDS, descending_counts=True))
 
 
 def tiny_model(seed=0, **overrides) -> MegaLanguageModel:
@@ -193,6 +186,6 @@ def test_a_checkpoint_of_another_dictionary_size_gets_the_clear_message():
     state = tiny_model().state_dict()
     other = MegaLanguageModel.build_model(argparse.Namespace(
         decoder_layers=2, decoder_embed_dim=16, decoder_hidden_dim=24, decoder_z_dim=8, decoder_n_dim=4,
-        decoder_ffn_embed_dim=20, decoder_chunk_size=4, tokens_per_sample=64), DictionaryTask(Dictionary()))
+        decoder_ffn_embed_dim=20, decoder_chunk_size=4, tokens_per_sample=64), StubTask(Dictionary()))
     with pytest.raises(ValueError, match=r"has \d+ rows but the target dictionary has 4 symbols.*does not match"):
         other.load_state_dict(state)

@@ -14,6 +14,8 @@ from mega_fairseq.models.arch_presets import PRESETS, preset_yaml, preset_yaml_p
 from mega_fairseq.models.mega_lm_config import MEGA_LM_PRESETS, MegaLMConfig
 from mega_fairseq.models.mega_settings import read_settings
 
+from helpers import StubTask, word_dictionary
+
 
 def resolve_lm_settings(cfg):
     return read_settings(cfg, MegaLMConfig)
@@ -26,15 +28,7 @@ VOCAB = 60100
 
 @pytest.fixture(scope="module")
 def task():
-    dictionary = Dictionary()
-    for i in range(VOCAB - len(dictionary)):
-        dictionary.add_symbol("w{}".format(i))
-
-    class Task:
-        source_dictionary = dictionary
-        target_dictionary = dictionary
-
-    return Task()
+    return StubTask(word_dictionary(VOCAB - len(Dictionary())))
 
 
 def test_every_official_preset_is_registered_once():

@@ -5,10 +5,9 @@ import argparse
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 
 import mega_fairseq  # noqa: F401
-from helpers import StubTask, max_diff
+from helpers import StubTask, max_diff, word_dictionary
 from mega_fairseq.models.lra import LRAModel
 from mega_fairseq.models.sc_raw import SCRawModel
 
@@ -17,10 +16,7 @@ VOCAB = 20
 
 
 def text_task():
-    dictionary = Dictionary()
-    for i in range(VOCAB):
-        dictionary.add_symbol("t{}".format(i))
-    return StubTask(dictionary)
+    return StubTask(word_dictionary(VOCAB, prefix="t"))
 
 
 def settings(**overrides):

@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from fairseq import models, options
-from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf
 
 import mega_fairseq
-from helpers import StubTask
+from helpers import StubTask, word_dictionary
 from mega_fairseq.models.lra import LRAModel
 from mega_fairseq.models.sc_raw import SCRawModel
 from mega_fairseq.models.arch_presets import PRESETS, preset_yaml, preset_yaml_path
@@ -80,10 +79,7 @@ def arch_cfg_with(arch, *extra):
 def stub_task(arch):
     if arch not in TEXT_ARCHS:
         return StubTask(None)
-    dictionary = Dictionary()
-    for i in range(30):
-        dictionary.add_symbol("t{}".format(i))
-    return StubTask(dictionary)
+    return StubTask(word_dictionary(30, prefix="t"))
 
 
 def build_on_meta(cfg_model, arch):

@@ -6,10 +6,9 @@ import shlex
 import pytest
 import torch
 from fairseq import models, options
-from fairseq.data import Dictionary
 
 import mega_fairseq
-from helpers import StubTask
+from helpers import StubTask, word_dictionary
 
 CHUNK = "128"
 COMMON = ("--seed 1 --ddp-backend c10d --find-unused-parameters --criterion lra_cross_entropy "
@@ -79,10 +78,7 @@ def test_official_readme_command_parses_and_builds_its_model(arch):
     expected = RECIPES[arch][1]
     task = StubTask(None)
     if args.task == "lra-text":
-        dictionary = Dictionary()
-        for i in range(40):
-            dictionary.add_symbol("t{}".format(i))
-        task = StubTask(dictionary)
+        task = StubTask(word_dictionary(40, prefix="t"))
     with torch.device("meta"):
         model = models.build_model(args, task)
     settings = model.settings
