@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from bench_common import DictionaryTask, peak_rss_bytes
+
 VOCAB = 256  # byte-level, as LRA Text (IMDB)
 CLASSES = 2
 EMBED_DIM, LAYERS, HEADS = 128, 4, 4
@@ -39,28 +41,11 @@ MEGA = dict(encoder_layers=LAYERS, encoder_embed_dim=EMBED_DIM, encoder_hidden_d
 PAPER_4K = {"mega_chunk_speed_over_transformer": 5.5, "mega_chunk_memory_over_transformer": 0.13}
 
 
-def _rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _task():
-    from fairseq.data import Dictionary
-
-    dictionary = Dictionary()
-    for i in range(VOCAB - len(dictionary)):
-        dictionary.add_symbol("b{}".format(i))
-
-    class Task:
-        source_dictionary = dictionary
-        target_dictionary = dictionary
-
-    return Task()
-
-
 def build_mega(length: int, chunk: int):
     from mega_fairseq.models.lra import LRAModel
 
-    return LRAModel.build_model(argparse.Namespace(**MEGA, chunk_size=chunk, max_positions=length), _task())
+    settings = argparse.Namespace(**MEGA, chunk_size=chunk, max_positions=length)
+    return LRAModel.build_model(settings, DictionaryTask(VOCAB, prefix="b"))
 
 
 class TransformerClassifier:
@@ -122,7 +107,7 @@ def run_point(kind: str, length: int, chunk: int, steps: int, threads: int, max_
     tokens[0, -1] = 2
     sample = {"net_input": {"src_tokens": tokens, "src_lengths": torch.tensor([length])},
               "target": torch.tensor([1])}
-    base_rss = _rss_bytes()
+    base_rss = peak_rss_bytes()
 
     def train_step():
         logits = model(sample)["encoder_out"]
@@ -138,7 +123,7 @@ def run_point(kind: str, length: int, chunk: int, steps: int, threads: int, max_
     seconds = (time.perf_counter() - start) / steps
     return {"model": kind, "length": length, "params": count(model),
             "train_sequences_per_s": round(1.0 / seconds, 4), "train_tokens_per_s": round(length / seconds, 1),
-            "train_peak_rss_mb": round((_rss_bytes() - base_rss) / 2 ** 20, 1)}
+            "train_peak_rss_mb": round((peak_rss_bytes() - base_rss) / 2 ** 20, 1)}
 
 
 def ratios(points, chunk_kind: str) -> dict:

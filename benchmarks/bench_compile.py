@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from bench_common import DictionaryTask
+
 VOCAB = 256
 MEGA = dict(decoder_embed_dim=128, decoder_hidden_dim=256, decoder_ffn_embed_dim=256, decoder_z_dim=64,
             decoder_n_dim=16, decoder_layers=2, decoder_chunk_size=128, truncation_length=None, dropout=0.0,
@@ -31,21 +33,11 @@ MEGA = dict(decoder_embed_dim=128, decoder_hidden_dim=256, decoder_ffn_embed_dim
 
 
 def build(length: int, compiled: bool):
-    from fairseq.data import Dictionary
-
     from mega_fairseq.models.mega_lm import MegaLanguageModel
-
-    dictionary = Dictionary()
-    for i in range(VOCAB - len(dictionary)):
-        dictionary.add_symbol("w{}".format(i))
-
-    class Task:
-        source_dictionary = dictionary
-        target_dictionary = dictionary
 
     args = argparse.Namespace(**MEGA, max_target_positions=length, tokens_per_sample=length, compile_layers=compiled)
     torch.manual_seed(0)
-    return MegaLanguageModel.build_model(args, Task())
+    return MegaLanguageModel.build_model(args, DictionaryTask(VOCAB))
 
 
 def time_calls(fn, count: int) -> float:

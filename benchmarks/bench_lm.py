@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from bench_common import DictionaryTask, peak_rss_bytes
+
 VOCAB = 256  # byte-level sized vocabulary
 MEGA = dict(decoder_embed_dim=256, decoder_hidden_dim=512, decoder_ffn_embed_dim=512, decoder_z_dim=64,
             decoder_n_dim=16, decoder_layers=4, decoder_chunk_size=128, truncation_length=None, dropout=0.0,
@@ -35,28 +37,10 @@ TRANSFORMER = dict(decoder_embed_dim=256, decoder_ffn_embed_dim=1024, decoder_at
                    dropout=0.0)
 
 
-def _rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _task():
-    from fairseq.data import Dictionary
-
-    dictionary = Dictionary()
-    for i in range(VOCAB - len(dictionary)):
-        dictionary.add_symbol("w{}".format(i))
-
-    class Task:
-        source_dictionary = dictionary
-        target_dictionary = dictionary
-
-    return Task()
-
-
 def build(kind: str, length: int):
     from fairseq.dataclass.utils import gen_parser_from_dataclass  # noqa: F401 (import check)
 
-    task = _task()
+    task = DictionaryTask(VOCAB)
     if kind in ("mega_lm", CHECKPOINTED):
         from mega_fairseq.models.mega_lm import MegaLanguageModel
 
@@ -116,7 +100,7 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     tokens = torch.randint(4, VOCAB, (1, length))
     target = torch.randint(4, VOCAB, (1, length))
-    base_rss = _rss_bytes()
+    base_rss = peak_rss_bytes()
 
     def train_step():
         logits = model(tokens)[0]
@@ -131,7 +115,7 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
     for _ in range(steps):
         train_step()
     train_time = (time.perf_counter() - start) / steps
-    train_peak = _rss_bytes() - base_rss
+    train_peak = peak_rss_bytes() - base_rss
 
     model.eval()
     with torch.no_grad():
@@ -157,7 +141,7 @@ def run_eval_memory_point(kind: str, length: int, steps: int) -> dict:
     stream = int(kind.split("stream")[1]) if "stream" in kind else 0
     model.decoder.stream_size = stream
     tokens = torch.randint(4, VOCAB, (1, length))
-    base_rss = _rss_bytes()
+    base_rss = peak_rss_bytes()
     with torch.no_grad():
         model(tokens)
         start = time.perf_counter()
@@ -165,7 +149,7 @@ def run_eval_memory_point(kind: str, length: int, steps: int) -> dict:
             model(tokens)
         eval_time = (time.perf_counter() - start) / steps
     return {"model": kind, "context": length, "eval_tokens_per_s": round(length / eval_time, 1),
-            "eval_peak_rss_mb": round((_rss_bytes() - base_rss) / 2 ** 20, 1)}
+            "eval_peak_rss_mb": round((peak_rss_bytes() - base_rss) / 2 ** 20, 1)}
 
 
 def main() -> None:
