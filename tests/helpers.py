@@ -57,6 +57,29 @@ def max_diff(a, b) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
+def perturbed(module, scale: float = 0.1, seed: int = 0):
+    """``module`` with ``scale * N(0, 1)`` added to every parameter (deterministic per seed), so that
+    parameters initialised to zero or a constant matter too; returns the module."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator))
+    return module
+
+
+def tiny_layer_config(**overrides):
+    """A small :class:`MegaLayerConfig` (D=16, z=8, h=24, n=4, FFN 32, chunk 8, no dropout, pre-norm,
+    cross-attention over 64 positions); keyword arguments override fields."""
+    from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
+
+    values = dict(embed_dim=16, zdim=8, hdim=24, ndim=4, ffn_hidden_dim=32, chunk_size=8, truncation=None,
+                  max_positions=64, cross_max_positions=64, dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0,
+                  activation_dropout=0.0, feature_dropout=False, activation="silu", attention_activation="softmax",
+                  norm_type="layernorm", prenorm=True, rel_pos_bias="simple")
+    values.update(overrides)
+    return MegaLayerConfig(**values)
+
+
 def word_dictionary(num_words: int, prefix: str = "w", descending_counts: bool = False):
     """A fairseq Dictionary of the special symbols plus ``prefix0 .. prefix{num_words-1}`` (counts
     1000, 999, ... with ``descending_counts``, so the frequency order is the insertion order)."""

@@ -9,7 +9,7 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from gpu.cuda_support import (DEVICE, FLOAT32_RELATIVE_TOLERANCE, GPU_MARKS, exact_float32_matmuls,  # noqa: F401
                               relative_error, to_device)
-from helpers import StubTask, incremental_logits, word_dictionary
+from helpers import StubTask, incremental_logits, perturbed, word_dictionary
 
 pytestmark = GPU_MARKS
 PAD, EOS, VOCAB_WORDS = 1, 2, 30
@@ -22,11 +22,7 @@ def dictionary():
 
 def spread(model, seed=0):
     """Move the parameters off their init (larger logit gaps: beam search without near-ties)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.3 * torch.randn(param.shape, generator=generator))
-    return model
+    return perturbed(model, scale=0.3, seed=seed)
 
 
 def translation_model(dictionary, chunk_size=4):

@@ -9,7 +9,7 @@ from gpu.cuda_support import (DEVICE, FLOAT32_RELATIVE_TOLERANCE, GPU_MARKS, exa
                               relative_error)
 from modules.test_half_precision import CASES, inputs, randomized
 from mega_fairseq.modules import MegaDecoderLayer, MovingAverageGatedAttention
-from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
+from helpers import tiny_layer_config
 
 pytestmark = GPU_MARKS
 
@@ -57,12 +57,7 @@ def test_every_ema_algorithm_on_device_equals_cpu(algorithm):
 
 
 def layer_config(**overrides):
-    values = dict(embed_dim=16, zdim=8, hdim=24, ndim=4, ffn_hidden_dim=32, chunk_size=4, truncation=None,
-                  max_positions=64, cross_max_positions=64, dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0,
-                  activation_dropout=0.0, feature_dropout=False, activation="silu", attention_activation="softmax",
-                  norm_type="layernorm", prenorm=True, rel_pos_bias="simple")
-    values.update(overrides)
-    return MegaLayerConfig(**values)
+    return tiny_layer_config(**dict(dict(chunk_size=4), **overrides))
 
 
 @pytest.mark.parametrize("truncation", [None, 5])

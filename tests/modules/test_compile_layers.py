@@ -16,9 +16,8 @@ import copy
 import pytest
 import torch
 
-from helpers import max_diff
+from helpers import max_diff, perturbed as randomized, tiny_layer_config
 from mega_fairseq.modules import MegaDecoderLayer, MegaEncoderLayer, MovingAverageGatedAttention
-from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
 
 TOLERANCE = 1e-5
 #: compiling costs ~10 s per case on 2 busy cores: only the decoder layer's decoding step stays in
@@ -26,22 +25,9 @@ TOLERANCE = 1e-5
 SLOW = pytest.mark.e2e
 D, Z, H, N, CHUNK = 16, 8, 24, 4, 8
 
-def layer_config(**overrides) -> MegaLayerConfig:
-    values = dict(embed_dim=D, zdim=Z, hdim=H, ndim=N, ffn_hidden_dim=32, chunk_size=CHUNK, truncation=None,
-                  max_positions=64, cross_max_positions=64, dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0,
-                  activation_dropout=0.0, feature_dropout=False, activation="silu", attention_activation="softmax",
-                  norm_type="layernorm", prenorm=True, rel_pos_bias="simple")
-    values.update(overrides)
-    return MegaLayerConfig(**values)
 
-
-def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its (often zero) initialisation, deterministically."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(0.1 * torch.randn(param.shape, generator=generator))
-    return module
+def layer_config(**overrides):
+    return tiny_layer_config(**dict(dict(embed_dim=D, zdim=Z, hdim=H, ndim=N, chunk_size=CHUNK), **overrides))
 
 
 def causal_mask(length: int) -> torch.Tensor:

@@ -23,9 +23,15 @@ import torch
 
 from mega_fairseq.modules import (GatedCrossAttention, MegaDecoderLayer, MegaEncoderLayer, MovingAverageGatedAttention,
                                   MultiHeadEMA, NormalizedFeedForwardNetwork, SequenceNorm)
-from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
+from helpers import perturbed, tiny_layer_config
 
 D, Z, H, N, CHUNK = 16, 8, 24, 4, 8
+
+
+def layer_config(**overrides):
+    return tiny_layer_config(**dict(dict(embed_dim=D, zdim=Z, hdim=H, ndim=N, chunk_size=CHUNK), **overrides))
+
+
 T, B = 24, 2
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 HALF_DTYPES = [torch.float16, torch.bfloat16]
@@ -39,11 +45,7 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(0.1 * torch.randn(param.shape, generator=generator))
-    return module.train()
+    return perturbed(module, seed=seed).train()
 
 
 def forward_backward(module, call, inputs, dtype):
@@ -77,15 +79,6 @@ def assert_half_matches_float32(module, call, inputs, dtype, param_tolerance=Non
 def inputs(*shapes, scale=1.0, seed=1):
     generator = torch.Generator().manual_seed(seed)
     return [scale * torch.randn(shape, generator=generator) for shape in shapes]
-
-
-def layer_config(**overrides) -> MegaLayerConfig:
-    values = dict(embed_dim=D, zdim=Z, hdim=H, ndim=N, ffn_hidden_dim=32, chunk_size=CHUNK, truncation=None,
-                  max_positions=64, cross_max_positions=64, dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0,
-                  activation_dropout=0.0, feature_dropout=False, activation="silu", attention_activation="softmax",
-                  norm_type="layernorm", prenorm=True, rel_pos_bias="simple")
-    values.update(overrides)
-    return MegaLayerConfig(**values)
 
 
 def causal_mask(dtype, frame=CHUNK):
