@@ -8,6 +8,7 @@ test-fast``) is the quick unit loop. A test elsewhere that starts a subprocess m
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import PLUGIN_DIR, REFERENCE_DIR
 
@@ -30,3 +31,12 @@ def plugin_dir() -> Path:
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch uses one thread for the module's tests, then the previous count again."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

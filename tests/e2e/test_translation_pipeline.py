@@ -20,15 +20,9 @@ TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim",
 GEN = ["--beam", "5", "--lenpen", "0.5", "--nbest", "2", "--bpe", "sentencepiece", "--batch-size", "8",
        "--scoring", "sacrebleu", "--cpu", "-s", "en", "-t", "zed"]
 
+#: tiny models decode step by step: extra threads only add contention on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode step by step: extra threads only add contention on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 def run_script(script, *args, env=None):
     env_all = {"SRC": "en", "TGT": "zed", "PYTHON": str(REPO_ROOT / ".venv" / "bin" / "python")}

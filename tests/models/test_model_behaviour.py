@@ -9,15 +9,9 @@ from helpers import StubTask, dictionary_from_spec, incremental_logits, load_fix
 
 PAD, EOS = 1, 2
 
+#: tiny models decode step by step: extra threads only add contention on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode step by step: extra threads only add contention on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 def tiny_args(**overrides):
     values = dict(encoder_layers=2, decoder_layers=2, encoder_embed_dim=16, encoder_hidden_dim=24,
