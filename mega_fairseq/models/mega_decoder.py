@@ -157,7 +157,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
         if prev_output_tokens.dim() != 2:
             raise ValueError("prev_output_tokens must be Batch x Time token ids, got shape {}".format(
                 tuple(prev_output_tokens.shape)))
-        enc, enc_padding_mask = self._unpack_encoder_out(encoder_out, incremental_state)
+        enc, enc_padding_mask = self._unpack_encoder_out(encoder_out)
         if incremental_state is not None:
             tokens = self._new_tokens(prev_output_tokens, incremental_state)
             return self._run(tokens, enc, enc_padding_mask, incremental_state, False, alignment_layer)
@@ -222,7 +222,7 @@ class MegaDecoder(FairseqIncrementalDecoder):
         # T x B x D -> B x T x D
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
-    def _unpack_encoder_out(self, encoder_out, incremental_state) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    def _unpack_encoder_out(self, encoder_out) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         """(S x B x D encoder states, B x S padding mask) for cross-attention; (None, None) without it."""
         if not self.cross_attention:
             return None, None
