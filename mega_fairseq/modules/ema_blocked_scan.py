@@ -26,8 +26,14 @@ division by ``q^t``; powers that underflow to 0 are fine). The cost per token is
 ``2C + 4N`` multiply-adds per direction plus a ``O(N log(L / C) / C)`` scan, independent of the
 length.
 
-Channel-first layout: inputs ``R x B x L`` (rows, batch, time), coefficients ``R x N``,
-states ``R x B x N``.
+Layout: the input and the output are time-major, ``L x B x R`` (time, batch, rows: as the layers
+hold them); the in-block matmuls work on a channel-first copy cut into blocks, ``R x (B nb) x C``,
+made inside :class:`_BlocksTimesMatrix` and never kept for the backward (it is made again there
+from the input, which the caller keeps anyway). Coefficients are ``R x N``, states ``R x B x N``.
+
+Memory kept for the backward: besides the input, only the ``R x C x (C + N)`` matrices and the
+``N``-dimensional block states (one value per ``C`` inputs): the state scan across blocks is one
+autograd function (:class:`_BlockStateScan`) that keeps its output, not each doubling step.
 """
 
 from typing import NamedTuple, Optional, Tuple, Union
@@ -37,12 +43,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ema_kernel import ema_kernel, geometric_powers
+from .ema_layout import _swap_time_and_channels, swap_time_and_channels
 from .ema_toeplitz import lag_table
-from .toeplitz_matrix import toeplitz_from_lags
+from .toeplitz_matrix import sum_lag_diagonals, toeplitz_from_lags
 
 
-def _doubling_scan(own_states: Tensor, log_q: Tensor, block: int) -> Tensor:
-    """Solve ``H[i] = q^block * H[i-1] + own[i]`` along dim 2 of ``R x B x nb x N``."""
+def _doubling_scan_values(own_states: Tensor, log_q: Tensor, block: int) -> Tensor:
+    """Solve ``H[i] = q^block * H[i-1] + own[i]`` along dim 2 of ``R x B x nb x N`` (log-depth doubling)."""
     num_blocks = own_states.size(2)
     states = own_states
     shift = 1
@@ -56,12 +63,164 @@ def _doubling_scan(own_states: Tensor, log_q: Tensor, block: int) -> Tensor:
     return states
 
 
+class _BlockStateScan(torch.autograd.Function):
+    """``H[i] = a * H[i-1] + own[i]`` along dim 2 of ``R x B x nb x N``, ``a = q^block``; keeps only ``H``.
+
+    Autograd through the doubling steps would keep every step's states (``log2 nb`` tensors the size
+    of ``own``). The scan is linear in ``own``: its adjoint ``lam[i] = g[i] + a lam[i+1]`` is the same
+    scan run backward over the blocks, ``d/d own = lam`` and ``d/da = sum_i lam[i] H[i-1]``.
+    """
+
+    @staticmethod
+    def forward(ctx, own_states: Tensor, log_q: Tensor, block: int) -> Tensor:
+        states = _doubling_scan_values(own_states, log_q, block)
+        ctx.block = block
+        ctx.save_for_backward(states, log_q)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states: Tensor):
+        states, log_q = ctx.saved_tensors
+        block = ctx.block
+        grad_own = _doubling_scan_values(grad_states.flip(2), log_q, block).flip(2)
+        grad_log_q = None
+        if ctx.needs_input_grad[1]:
+            # d a / d log q = block * a
+            decay = torch.exp(log_q * float(block))
+            grad_log_q = (grad_own[:, :, 1:] * states[:, :, :-1]).sum((1, 2)) * decay * float(block)
+        return grad_own, grad_log_q, None
+
+
+def _doubling_scan(own_states: Tensor, log_q: Tensor, block: int) -> Tensor:
+    """Solve ``H[i] = q^block * H[i-1] + own[i]`` along dim 2 of ``R x B x nb x N``."""
+    if torch.is_grad_enabled() and (own_states.requires_grad or log_q.requires_grad):
+        return _BlockStateScan.apply(own_states, log_q, block)
+    return _doubling_scan_values(own_states, log_q, block)
+
+
+def _channel_blocks(x: Tensor, num_blocks: int, block: int) -> Tensor:
+    """``L x B x R`` -> channel-first ``R x (B nb) x C`` blocks, zero-padded at the end to ``nb C`` steps."""
+    length, bsz, rows = x.shape
+    channel_first = _swap_time_and_channels(x)  # R x B x L
+    padded = num_blocks * block
+    if padded != length:
+        channel_first = F.pad(channel_first, (0, padded - length))
+    return channel_first.view(rows, bsz * num_blocks, block)
+
+
 class EMARows(NamedTuple):
     """One EMA direction's coefficients, each ``R x N``: ``p * beta``, ``log q``, ``gamma * sqrt(1/N)``."""
 
     p_beta: Tensor
     log_q: Tensor
     gamma: Tensor
+
+
+def _block_matrix(block: int, causal: Optional[EMARows], anti_causal: Optional[EMARows], with_projections: bool) -> Tensor:
+    """``R x C x M``: the in-block Toeplitz matrix (``M = C``), then with ``with_projections`` each
+    direction's boundary projection (``N`` columns each: causal ``p_beta q^(C-1-j)``, anti-causal
+    ``p_beta q^j`` for input ``j`` of the block)."""
+    forward_kernel = backward_kernel = None
+    if causal is not None:
+        forward_kernel = ema_kernel(causal.p_beta, causal.log_q, causal.gamma, block)
+    if anti_causal is not None:
+        backward_kernel = ema_kernel(anti_causal.p_beta, anti_causal.log_q, anti_causal.gamma, block)
+    if forward_kernel is None:
+        forward_kernel = backward_kernel.new_zeros(backward_kernel.size(0), 1)
+    pieces = [toeplitz_from_lags(lag_table(block, forward_kernel, backward_kernel))]
+    if with_projections:
+        if causal is not None:
+            pieces.append((causal.p_beta.unsqueeze(-1) * geometric_powers(causal.log_q, 0, block).flip(-1)).transpose(1, 2))
+        if anti_causal is not None:
+            pieces.append((anti_causal.p_beta.unsqueeze(-1) * geometric_powers(anti_causal.log_q, 0, block)).transpose(1, 2))
+    return torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
+
+
+def _direction_gradients(rows: EMARows, grad_taps: Tensor, grad_projection: Optional[Tensor], to_block_end: bool):
+    """``(p_beta, log_q, gamma)`` gradients of one direction's taps ``k[m] = sum_n gamma p_beta q^m``
+    (``grad_taps``: R x C) and of its boundary projection (``R x C x N``, entry ``[j, n]`` =
+    ``p_beta q^e`` with ``e = C-1-j`` when ``to_block_end`` else ``j``), or None."""
+    block = grad_taps.size(-1)
+    powers = geometric_powers(rows.log_q, 0, block)  # R x N x C: q^m
+    steps = torch.arange(block, device=powers.device, dtype=powers.dtype)
+    weighted = grad_taps.unsqueeze(1) * powers  # g[m] q^m
+    grad_c = weighted.sum(-1)  # d/d (gamma p_beta)
+    grad_log_q = rows.gamma * rows.p_beta * (weighted * steps).sum(-1)
+    grad_p_beta = grad_c * rows.gamma
+    grad_gamma = grad_c * rows.p_beta
+    if grad_projection is not None:
+        by_power = grad_projection.transpose(1, 2)  # R x N x C, by input j
+        if to_block_end:
+            by_power = by_power.flip(-1)  # now by exponent C-1-j
+        weighted = by_power * powers
+        grad_p_beta = grad_p_beta + weighted.sum(-1)
+        grad_log_q = grad_log_q + rows.p_beta * (weighted * steps).sum(-1)
+    return grad_p_beta, grad_log_q, grad_gamma
+
+
+def _directions(coefficients, has_causal: bool, has_anti_causal: bool):
+    causal = EMARows(*coefficients[:3]) if has_causal else None
+    anti_causal = EMARows(*coefficients[len(coefficients) - 3 :]) if has_anti_causal else None
+    return causal, anti_causal
+
+
+class _BlocksTimesMatrix(torch.autograd.Function):
+    """``blocks(x) @ matrix``: the channel-first blocks of ``x`` (``L x B x R``) times the EMA's
+    ``R x C x M`` block matrix (:func:`_block_matrix`), built here from the coefficients.
+
+    Keeps only ``x`` (which the caller keeps anyway) and the ``R x N`` coefficients: the blocks (a
+    copy of ``x``) and the matrix are made again in the backward, and the coefficients' gradients
+    are explicit (:func:`_direction_gradients`). Returns ``R x (B nb) x M``.
+
+    Arguments after ``x``: ``num_blocks, block, with_projections, has_causal, has_anti_causal`` and
+    the coefficients ``p_beta, log_q, gamma`` of the causal, then the anti-causal direction (those present).
+    """
+
+    @staticmethod
+    def forward(ctx, x, num_blocks, block, with_projections, has_causal, has_anti_causal, *coefficients):
+        ctx.layout = (num_blocks, block, with_projections, has_causal, has_anti_causal)
+        ctx.save_for_backward(x, *coefficients)
+        causal, anti_causal = _directions(coefficients, has_causal, has_anti_causal)
+        matrix = _block_matrix(block, causal, anti_causal, with_projections)
+        return torch.bmm(_channel_blocks(x, num_blocks, block), matrix)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *coefficients = ctx.saved_tensors
+        num_blocks, block, with_projections, has_causal, has_anti_causal = ctx.layout
+        causal, anti_causal = _directions(coefficients, has_causal, has_anti_causal)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            matrix = _block_matrix(block, causal, anti_causal, with_projections)
+            length, bsz, rows = x.shape
+            grad_blocks = torch.bmm(grad, matrix.transpose(1, 2))  # R x (B nb) x C
+            grad_x = _swap_time_and_channels(grad_blocks.view(rows, bsz, num_blocks * block))[:length]
+        grad_coefficients = [None] * len(coefficients)
+        if any(ctx.needs_input_grad[6:]):
+            grad_matrix = torch.bmm(_channel_blocks(x, num_blocks, block).transpose(1, 2), grad)  # R x C x M
+            grad_lags = sum_lag_diagonals(grad_matrix[..., :block].contiguous())  # R x (2C - 1), lag + C - 1
+            ndim = coefficients[0].size(-1)
+            projection_start = block
+            grads = []
+            if causal is not None:
+                projection = grad_matrix[..., block : block + ndim] if with_projections else None
+                grads += _direction_gradients(causal, grad_lags[:, block - 1 :], projection, to_block_end=True)
+                projection_start += ndim
+            if anti_causal is not None:
+                projection = grad_matrix[..., projection_start : projection_start + ndim] if with_projections else None
+                grads += _direction_gradients(anti_causal, grad_lags[:, :block].flip(-1), projection, to_block_end=False)
+            grad_coefficients = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[6:])]
+        return (grad_x, None, None, None, None, None, *grad_coefficients)
+
+
+def _blocks_times_matrix(x: Tensor, num_blocks: int, block: int, causal: Optional[EMARows],
+                         anti_causal: Optional[EMARows], with_projections: bool) -> Tensor:
+    """``R x (B nb) x M``: the blocks of ``x`` times :func:`_block_matrix` (see :class:`_BlocksTimesMatrix`)."""
+    coefficients = (tuple(causal) if causal is not None else ()) + (tuple(anti_causal) if anti_causal is not None else ())
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + coefficients):
+        return _BlocksTimesMatrix.apply(x, num_blocks, block, with_projections, causal is not None,
+                                        anti_causal is not None, *coefficients)
+    return torch.bmm(_channel_blocks(x, num_blocks, block), _block_matrix(block, causal, anti_causal, with_projections))
 
 
 def blocked_scan_ema(
@@ -75,7 +234,7 @@ def blocked_scan_ema(
     """Causal and/or anti-causal EMA of ``x`` (their sum), computed block by block.
 
     Args:
-        x: ``R x B x L`` input (already zero at padded positions), ``L >= 1``.
+        x: ``L x B x R`` input (already zero at padded positions), ``L >= 1``.
         scan_block: the longest block ``C``; the sequence is cut into the fewest blocks of at most
             ``C`` steps, all of one length.
         causal: coefficients of the causal EMA, or None.
@@ -85,43 +244,32 @@ def blocked_scan_ema(
         return_last_state: causal only: also return the ``R x B x N`` state after the last input.
 
     Returns:
-        ``R x B x L`` EMA output (without the ``omega`` residual), and the last state on request.
+        ``L x B x R`` EMA output (without the ``omega`` residual), and the last state on request.
     """
     if causal is None and anti_causal is None:
         raise ValueError("blocked_scan_ema needs causal or anti_causal coefficients")
     if anti_causal is not None and (initial_state is not None or return_last_state):
         raise ValueError("initial_state and return_last_state are for the causal EMA only")
-    rows, bsz, length = x.shape
+    length, bsz, rows = x.shape
     num_blocks = -(-length // max(1, scan_block))
     # the fewest blocks of at most scan_block steps, all of one length: padding stays below one
     # step per block (L=80 with scan_block 64: 2 x 40, not 64 + 16 padded to 128)
     block = -(-length // num_blocks)
     padded = num_blocks * block
-    if padded != length:
-        x = F.pad(x, (0, padded - length))  # zeros at the end: nothing flows back from them
-    x_blocks = x.reshape(rows, bsz * num_blocks, block)
 
-    forward_kernel = backward_kernel = None
-    if causal is not None:
-        forward_kernel = ema_kernel(causal.p_beta, causal.log_q, causal.gamma, block)
-    if anti_causal is not None:
-        backward_kernel = ema_kernel(anti_causal.p_beta, anti_causal.log_q, anti_causal.gamma, block)
-    if forward_kernel is None:
-        forward_kernel = backward_kernel.new_zeros(rows, 1)
-    toeplitz = toeplitz_from_lags(lag_table(block, forward_kernel, backward_kernel))
-    out = torch.bmm(x_blocks, toeplitz)
     if num_blocks == 1 and initial_state is None and not return_last_state:
-        return out.view(rows, bsz, padded)[..., :length]
+        out = _blocks_times_matrix(x, 1, block, causal, anti_causal, with_projections=False)  # R x B x C
+        return swap_time_and_channels(out)[:length]
 
-    # boundary states of each block's own inputs, both directions in one matmul: R x C x (N [+ N])
-    projections, read_outs = [], []
-    if causal is not None:  # to the block's end: p_beta q^(C-1-j)
-        projections.append(causal.p_beta.unsqueeze(-1) * geometric_powers(causal.log_q, 0, block).flip(-1))
-        read_outs.append(causal.gamma.unsqueeze(-1) * geometric_powers(causal.log_q, 1, block))  # gamma q^(t+1)
-    if anti_causal is not None:  # to the block's start: p_beta q^j
-        projections.append(anti_causal.p_beta.unsqueeze(-1) * geometric_powers(anti_causal.log_q, 0, block))
+    # the in-block convolution and the boundary states of each block's own inputs (to the block's
+    # end: causal; to its start: anti-causal) in one matmul: R x (B nb) x (C + N [+ N])
+    product = _blocks_times_matrix(x, num_blocks, block, causal, anti_causal, with_projections=True)
+    own = product[..., block:].reshape(rows, bsz, num_blocks, -1)
+    read_outs = []  # how a carried state enters each step of a block: R x N x C
+    if causal is not None:  # from the block before: gamma q^(t+1)
+        read_outs.append(causal.gamma.unsqueeze(-1) * geometric_powers(causal.log_q, 1, block))
+    if anti_causal is not None:  # from the block after: gamma q^(C-t)
         read_outs.append(anti_causal.gamma.unsqueeze(-1) * geometric_powers(anti_causal.log_q, 1, block).flip(-1))
-    own = torch.bmm(x_blocks, torch.cat(projections, dim=1).transpose(1, 2)).view(rows, bsz, num_blocks, -1)
 
     carried = []  # the state each block receives from the others, R x B x nb x N per direction
     if causal is not None:
@@ -142,8 +290,8 @@ def blocked_scan_ema(
         carried.append(F.pad(states_anti[:, :, 1:], (0, 0, 0, 1)))
     carried_all = torch.cat(carried, dim=-1) if len(carried) > 1 else carried[0]
     read_out = torch.cat(read_outs, dim=1) if len(read_outs) > 1 else read_outs[0]
-    out = torch.baddbmm(out, carried_all.reshape(rows, bsz * num_blocks, -1), read_out)
-    out = out.view(rows, bsz, padded)[..., :length]
+    out = torch.baddbmm(product[..., :block], carried_all.reshape(rows, bsz * num_blocks, -1), read_out)
+    out = swap_time_and_channels(out.view(rows, bsz, padded))[:length]  # L x B x R
     if not return_last_state:
         return out
     if padded == length:
@@ -151,8 +299,9 @@ def blocked_scan_ema(
     # the last block is partial (r real steps): its end state is q^r H_before + its own r inputs,
     # not the padded block's end state (which has decayed past the last input)
     real = length - (num_blocks - 1) * block
-    last_inputs = x[..., padded - block : padded - block + real]  # R x B x r
-    to_end = projections[0][..., block - real:].transpose(1, 2)  # R x r x N
+    last_inputs = x[padded - block : padded - block + real].permute(2, 1, 0)  # R x B x r
+    # p_beta q^(r-1-j) for the last block's r inputs
+    to_end = (causal.p_beta.unsqueeze(-1) * geometric_powers(causal.log_q, 0, real).flip(-1)).transpose(1, 2)  # R x r x N
     last_state = torch.exp(causal.log_q * float(real)).unsqueeze(1) * carried[0][:, :, -1] + torch.bmm(
         last_inputs, to_end
     )

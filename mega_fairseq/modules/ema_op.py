@@ -104,20 +104,19 @@ def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Opti
     """Whole-sequence blocked scan of ``T x B x D`` input; returns ``T x B x D``."""
     length = x.size(0)
     p_beta, log_q, gamma = coefficients.p_beta, coefficients.log_q, coefficients.gamma
-    rows = swap_time_and_channels(x)  # D x B x T
     causal = EMARows(p_beta[:dim], log_q[:dim], gamma[:dim])
     anti_causal = EMARows(p_beta[dim:], log_q[dim:], gamma[dim:]) if bidirectional else None
-    out = blocked_scan_ema(rows, block, causal, anti_causal)
+    out = blocked_scan_ema(x, block, causal, anti_causal)  # T x B x D
     if window is not None and window < length:
         # taps m >= W, removed: the same EMA with gamma * q^W, delayed (causal) or advanced
         # (anti-causal) by W steps
         tail_gamma = gamma * torch.exp(log_q * float(window))
-        causal_tail = blocked_scan_ema(rows, block, causal=causal._replace(gamma=tail_gamma[:dim]))
-        out = out - F.pad(causal_tail[..., : length - window], (window, 0))
+        causal_tail = blocked_scan_ema(x, block, causal=causal._replace(gamma=tail_gamma[:dim]))
+        out = out - F.pad(causal_tail[: length - window], (0, 0, 0, 0, window, 0))
         if bidirectional:
-            anti_tail = blocked_scan_ema(rows, block, anti_causal=anti_causal._replace(gamma=tail_gamma[dim:]))
-            out = out - F.pad(anti_tail[..., window:], (0, window))
-    return swap_time_and_channels(out)  # T x B x D
+            anti_tail = blocked_scan_ema(x, block, anti_causal=anti_causal._replace(gamma=tail_gamma[dim:]))
+            out = out - F.pad(anti_tail[window:], (0, 0, 0, 0, 0, window))
+    return out
 
 
 def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool,
@@ -158,9 +157,8 @@ def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[i
         return (state * coefficients.gamma).sum(-1).unsqueeze(0), state
     start = None if initial_state is None else initial_state.transpose(0, 1)  # D x B x N
     causal = EMARows(coefficients.p_beta, coefficients.log_q, coefficients.gamma)
-    rows = swap_time_and_channels(x)  # D x B x T
-    out, last = blocked_scan_ema(rows, block, causal, initial_state=start, return_last_state=True)
-    return swap_time_and_channels(out), last.transpose(0, 1)
+    out, last = blocked_scan_ema(x, block, causal, initial_state=start, return_last_state=True)
+    return out, last.transpose(0, 1)
 
 
 def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state):

@@ -198,6 +198,8 @@ class MultiHeadEMA(nn.Module):
         x: Tensor,
         padding_mask: Optional[Tensor] = None,
         incremental_state: Optional[IncrementalState] = None,
+        *,
+        activate: bool = True,
     ) -> Tensor:
         """Apply the EMA sub-layer.
 
@@ -212,6 +214,9 @@ class MultiHeadEMA(nn.Module):
                 ``"ema_state"``: ``prev_state`` (``B x D x N``) without truncation,
                 ``prev_inputs`` (the last ``W - 1`` inputs, ``B x D x (W-1)``)
                 with truncation ``W``.
+            activate: False returns ``EMA(x) + omega * x`` without the silu, in the compute
+                dtype (float32, or float64 for float64 input), for a caller that fuses the silu
+                into what follows (the gate projection of the Mega self-attention).
 
         Returns:
             ``T x B x D``: ``silu(EMA(x) + omega * x)`` in the dtype of ``x``.
@@ -256,6 +261,8 @@ class MultiHeadEMA(nn.Module):
         # residual first, so the sum (and everything after it) is laid out Time x Batch x D;
         # in place: the product's backward does not need its output
         out = (x_compute * self.omega.to(compute_dtype)).add_(ema)
+        if not activate:
+            return out
         return F.silu(out).to(x.dtype)
 
     @staticmethod

@@ -15,8 +15,8 @@ zero-filled ``base``-sized buffer (and a copy) for each split. :class:`GateSplit
 and k in one forward and, in the backward, writes every piece's gradient straight into its slice
 of one ``base``-sized gradient; it hands out ``q`` and ``k`` already laid out Batch x Time (the
 layout the chunked attention views without copying) and r's pre-activation as a view.
-:class:`GatedAttentionValues` applies both silu activations and the gate itself and keeps only
-pre-activations (which live in ``base`` and ``v_proj``'s output anyway) for its backward.
+:class:`GatedAttentionProjection` applies both silu activations, the gate and ``h_proj`` and keeps
+only pre-activations (which live in the gate buffers and ``v_proj``'s output anyway) for its backward.
 """
 
 from typing import Optional, Tuple
@@ -78,42 +78,59 @@ class GateSplit(torch.autograd.Function):
     def backward(ctx, grad_u, grad_q, grad_k, grad_r_pre, grad_hx):
         base, gamma, u, z = ctx.saved_tensors
         embed_dim, zdim, hdim = ctx.sizes
-        z_start, r_start, hx_start = _split_sizes(base, embed_dim, zdim, hdim)
+        z_start, r_start, _ = _split_sizes(base, embed_dim, zdim, hdim)
         # one Time x Batch x (D + Z + H + D) buffer; each piece writes its own slice
         grad_base = torch.empty_like(base, memory_format=torch.contiguous_format)
-
-        grad_u_slice = grad_base[..., :z_start]
-        if grad_u is None:
-            grad_u_slice.zero_()
-        else:
-            torch.ops.aten.sigmoid_backward.grad_input(grad_u, u, grad_input=grad_u_slice)
-
-        grad_gamma = grad_beta = None
-        grad_z_slice = grad_base[..., z_start:r_start]
-        if grad_q is None and grad_k is None:
-            grad_z_slice.zero_()
-            if ctx.needs_input_grad[1]:
-                grad_gamma = torch.zeros_like(gamma)
-            if ctx.needs_input_grad[2]:
-                grad_beta = torch.zeros_like(gamma)
-        else:
-            grad_q = torch.zeros_like(z.transpose(0, 1)) if grad_q is None else grad_q
-            grad_k = torch.zeros_like(z.transpose(0, 1)) if grad_k is None else grad_k
-            # Batch x Time x Z -> Time x Batch x Z views
-            grad_q_tb, grad_k_tb = grad_q.transpose(0, 1), grad_k.transpose(0, 1)
-            grad_z = torch.addcmul(grad_q_tb * gamma[0], grad_k_tb, gamma[1])
-            torch.ops.aten.silu_backward.grad_input(grad_z, base[..., z_start:r_start], grad_input=grad_z_slice)
-            if ctx.needs_input_grad[1]:
-                grad_gamma = torch.stack([(grad_q_tb * z).sum((0, 1)), (grad_k_tb * z).sum((0, 1))])
-            if ctx.needs_input_grad[2]:
-                grad_beta = torch.stack([grad_q.sum((0, 1)), grad_k.sum((0, 1))])
-
-        for grad, piece in ((grad_r_pre, grad_base[..., r_start:hx_start]), (grad_hx, grad_base[..., hx_start:])):
-            if grad is None:
-                piece.zero_()
-            else:
-                piece.copy_(grad)
+        grad_gamma, grad_beta = gate_gradients(
+            grad_base, (grad_u, grad_q, grad_k, grad_r_pre, grad_hx), u, base[..., z_start:r_start], z, gamma,
+            embed_dim, zdim, hdim, ctx.needs_input_grad[1], ctx.needs_input_grad[2],
+        )
         return grad_base, grad_gamma, grad_beta, None, None, None
+
+
+def gate_gradients(grad_base: Tensor, grads, u: Tensor, z_pre: Tensor, z: Tensor, gamma: Tensor, embed_dim: int,
+                   zdim: int, hdim: int, need_gamma: bool, need_beta: bool):
+    """Write the gradient of ``base`` from the gates' gradients; return ``(grad_gamma, grad_beta)``.
+
+    grad_base: the Time x Batch x (D + Z + H + D) buffer to fill (every element is written);
+    grads: ``(grad_u, grad_q, grad_k, grad_r_pre, grad_hx)``, each None or shaped like its gate
+    (q and k Batch x Time x Z); u: the update gate; z_pre, z: Time x Batch x Z before and after
+    its silu; gamma: 2 x Z. Shared by :class:`GateSplit` and the fused gate projection.
+    """
+    grad_u, grad_q, grad_k, grad_r_pre, grad_hx = grads
+    z_start, r_start, hx_start = embed_dim, embed_dim + zdim, embed_dim + zdim + hdim
+    grad_u_slice = grad_base[..., :z_start]
+    if grad_u is None:
+        grad_u_slice.zero_()
+    else:
+        torch.ops.aten.sigmoid_backward.grad_input(grad_u, u, grad_input=grad_u_slice)
+
+    grad_gamma = grad_beta = None
+    grad_z_slice = grad_base[..., z_start:r_start]
+    if grad_q is None and grad_k is None:
+        grad_z_slice.zero_()
+        if need_gamma:
+            grad_gamma = torch.zeros_like(gamma)
+        if need_beta:
+            grad_beta = torch.zeros_like(gamma)
+    else:
+        grad_q = torch.zeros_like(z.transpose(0, 1)) if grad_q is None else grad_q
+        grad_k = torch.zeros_like(z.transpose(0, 1)) if grad_k is None else grad_k
+        # Batch x Time x Z -> Time x Batch x Z views
+        grad_q_tb, grad_k_tb = grad_q.transpose(0, 1), grad_k.transpose(0, 1)
+        grad_z = torch.addcmul(grad_q_tb * gamma[0], grad_k_tb, gamma[1])
+        torch.ops.aten.silu_backward.grad_input(grad_z, z_pre, grad_input=grad_z_slice)
+        if need_gamma:
+            grad_gamma = torch.stack([(grad_q_tb * z).sum((0, 1)), (grad_k_tb * z).sum((0, 1))])
+        if need_beta:
+            grad_beta = torch.stack([grad_q.sum((0, 1)), grad_k.sum((0, 1))])
+
+    for grad, piece in ((grad_r_pre, grad_base[..., r_start:hx_start]), (grad_hx, grad_base[..., hx_start:])):
+        if grad is None:
+            piece.zero_()
+        else:
+            piece.copy_(grad)
+    return grad_gamma, grad_beta
 
 
 def split_gates(base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int) -> GateTensors:
@@ -149,41 +166,55 @@ def attend_values(weights: Tensor, v: Tensor, seq_len: int) -> Tensor:
     return h.view(bsz, num_chunks * frame, -1)[:, :seq_len]
 
 
-class GatedAttentionValues(torch.autograd.Function):
-    """``p = (weights @ silu(v_pre)) * silu(r_pre)``, keeping only ``weights`` and the pre-activations.
+class GatedAttentionProjection(torch.autograd.Function):
+    """``h = W_h ((weights @ silu(v_pre)) * silu(r_pre)) + b_h``, keeping only ``weights``, the
+    pre-activations and ``W_h``.
 
-    Plain autograd keeps ``silu(v_pre)``, the attention output and ``r = silu(r_pre)`` alive until
-    the backward and allocates the product separately; here the product is formed in place in
-    the attention output, and the backward recomputes what it needs (one chunk-wise matmul, ~2 n
-    H flops a token, and two silu). v_pre and r_pre are kept alive by ``v_proj`` / the gate split
-    anyway, so nothing Batch x Time x H is stored for this step. The backward uses explicit
-    derivatives only (no nested autograd call), so it traces as one graph under ``torch.compile``.
+    Plain autograd keeps ``silu(v_pre)``, the attention output, ``r = silu(r_pre)`` and the gated
+    product (``h_proj``'s input) alive until the backward. Here the product is formed in place in
+    the attention output and projected; the backward recomputes what it needs (one chunk-wise
+    matmul, ~2 n H flops a token, two silu and one product). v_pre and r_pre are kept alive by
+    ``v_proj`` / the gate split anyway, so nothing Batch x Time x H is stored for this step. The
+    backward uses explicit derivatives only (no nested autograd call), so it traces as one graph
+    under ``torch.compile``.
 
-    Shapes: weights Batch x Chunks x n x n; v_pre Batch x Time x H; r_pre Time x Batch x H.
-    Returns p Batch x Time x H.
+    Shapes: weights Batch x Chunks x n x n; v_pre Batch x Time x H; r_pre Time x Batch x H;
+    weight D x H; bias D or None. Returns h Batch x Time x D.
     """
 
     @staticmethod
-    def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor):
-        attended = attend_values(weights, F.silu(v_pre), v_pre.size(1))
-        ctx.save_for_backward(weights, v_pre, r_pre)
-        return attended.mul_(F.silu(r_pre).transpose(0, 1))
+    def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        gated = attend_values(weights, F.silu(v_pre), v_pre.size(1)).mul_(F.silu(r_pre).transpose(0, 1))
+        ctx.save_for_backward(weights, v_pre, r_pre, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(gated, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad_p):
-        weights, v_pre, r_pre = ctx.saved_tensors
+    def backward(ctx, grad_h):
+        weights, v_pre, r_pre, weight = ctx.saved_tensors
         seq_len = v_pre.size(1)
         bsz, num_chunks, frame, _ = weights.shape
+        grad_rows = grad_h.reshape(-1, grad_h.size(-1))
+        grad_bias = grad_rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        # the gated product's gradient, Batch x Time x H
+        grad_gated = grad_rows.mm(weight).view(bsz, seq_len, -1)
         v = F.silu(v_pre)
+        attended = attend_values(weights, v, seq_len)
+        # r recomputed into a Batch x Time buffer; it first forms the gated product for W_h's
+        # gradient, then becomes the attention output's gradient in place
+        r_bt = torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=torch.empty_like(grad_gated))
+        grad_weight = None
+        if ctx.needs_input_grad[3]:
+            gated = attended * r_bt
+            grad_weight = grad_rows.t().mm(gated.view(-1, gated.size(-1)))
+            del gated
+        grad_attended = r_bt.mul_(grad_gated)
         grad_r_pre = None
         if ctx.needs_input_grad[2]:
             # the recomputed attention output becomes r's gradient, then r_pre's, in place
-            grad_r = attend_values(weights, v, seq_len).mul_(grad_p).transpose(0, 1)
+            grad_r = attended.mul_(grad_gated).transpose(0, 1)
             grad_r_pre = torch.ops.aten.silu_backward.grad_input(grad_r, r_pre, grad_input=grad_r)
-        # r recomputed straight into a Batch x Time buffer that then becomes the attention
-        # output's gradient in place (Batch x Time: its chunks are views)
-        grad_attended = torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=torch.empty_like(grad_p))
-        grad_attended.mul_(grad_p)
+        del attended, grad_gated
         extra = num_chunks * frame - seq_len
         if extra > 0:
             grad_attended = F.pad(grad_attended, (0, 0, 0, extra))
@@ -200,23 +231,27 @@ class GatedAttentionValues(torch.autograd.Function):
             grad_v = torch.matmul(weights.transpose(-1, -2), grad_attended, out=v)
             grad_v = grad_v.view(bsz, num_chunks * frame, -1)[:, :seq_len]
             grad_v_pre = torch.ops.aten.silu_backward.grad_input(grad_v, v_pre, grad_input=grad_v)
-        return grad_weights, grad_v_pre, grad_r_pre
+        return grad_weights, grad_v_pre, grad_r_pre, grad_weight, grad_bias
 
 
-def gated_attention_values(weights: Tensor, v_pre: Tensor, r_pre: Tensor, activation) -> Tensor:
-    """``(weights @ activation(v_pre)) * silu(r_pre)`` chunk by chunk, Batch x Time x H.
+def gated_attention_projection(weights: Tensor, v_pre: Tensor, r_pre: Tensor, activation, projection) -> Tensor:
+    """``projection((weights @ activation(v_pre)) * silu(r_pre))`` chunk by chunk, Batch x Time x D.
 
     Args:
         weights: Batch x Chunks x n x n attention weights (after attention dropout).
         v_pre: Batch x Time x H values before their activation (no dropout between the two).
         r_pre: Time x Batch x H reset gate before its silu.
-        activation: the element-wise value activation. With ``silu`` (Mega's default) and
-            gradients needed, :class:`GatedAttentionValues` runs; otherwise the same value comes
-            from plain ops.
+        activation: the element-wise value activation.
+        projection: ``h_proj`` (H -> D). With ``silu`` (Mega's default), a plain ``nn.Linear``
+            without hooks and gradients needed, :class:`GatedAttentionProjection` runs; otherwise
+            the same value comes from plain ops.
     """
-    if activation is silu and torch.is_grad_enabled() and any(t.requires_grad for t in (weights, v_pre, r_pre)):
-        return GatedAttentionValues.apply(weights, v_pre, r_pre)
-    return attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1)
+    plain_linear = type(projection) is torch.nn.Linear and not (projection._forward_hooks or projection._forward_pre_hooks)
+    tensors = (weights, v_pre, r_pre, projection.weight)
+    if activation is silu and plain_linear and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if not torch.is_autocast_enabled(v_pre.device.type) and len({t.dtype for t in tensors}) == 1:
+            return GatedAttentionProjection.apply(weights, v_pre, r_pre, projection.weight, projection.bias)
+    return projection(attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1))
 
 
 # ------------------------------------------------------------------- update gate on the output

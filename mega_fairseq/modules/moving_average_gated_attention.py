@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .attention_weights import attention_weights, causal_attention_mask
 from .exponential_moving_average import MultiHeadEMA
-from .fused_gates import attend_values, gated_attention_values, split_gates
+from .fused_gates import attend_values, gated_attention_projection, split_gates
+from .gate_projection import project_gates
 from .gated_attention_base import GatedAttentionBase
 from .relative_positional_bias import build_relative_positional_bias
 
@@ -144,17 +145,24 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         # v_proj reads the normed input transposed, so v comes out Batch x Time x H: the layout
         # the chunked attention views (Batch x Chunks x ChunkLen x H) without copying it
         v_pre = self.v_proj(x.transpose(0, 1))
-        # T x B x D
-        mx = self.dropout(self.move(x, padding_mask, incremental_state))
-        # T x B x (D + Z + H + D) -> u, r_pre, hx: T x B x C; q, k: B x T x Z
-        u, q, k, r_pre, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
+        # the EMA output before its silu, T x B x D; its projection T x B x (D + Z + H + D) gives
+        # u, r_pre, hx (T x B x C) and q, k (B x T x Z)
+        ema_pre = self.move(x, padding_mask, incremental_state, activate=False)
+        if self._fuse_gate_projection(ema_pre):
+            # mx_proj(silu(.)) and the split in one function that keeps neither mx nor mx_proj's output
+            u, q, k, r_pre, hx = project_gates(
+                ema_pre, self.mx_proj.weight, self.mx_proj.bias, self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim
+            )
+        else:
+            mx = self.dropout(F.silu(ema_pre).to(x.dtype))
+            u, q, k, r_pre, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
 
         if saved_state is None and not before_attn_fn and not self.hidden_dropout.is_active():
-            # whole sequence: (weights @ act(v)) * silu(r_pre) as one function that keeps none of
-            # act(v), the attention output or r for the backward; B x T x H
+            # whole sequence: h_proj((weights @ act(v_pre)) * silu(r_pre)) as one function that
+            # keeps none of act(v), the attention output, r or the product for the backward; B x T x D
             weights = self._chunked_weights(q, k, padding_mask, attn_mask)
             dropped = self.attention_dropout(weights).to(v_pre.dtype)
-            gated = gated_attention_values(dropped, v_pre, r_pre, self.activation)
+            h = gated_attention_projection(dropped, v_pre, r_pre, self.activation, self.h_proj)
         else:
             v = self.hidden_dropout(self.activation(v_pre), batch_first=True)
             if saved_state is not None:
@@ -165,12 +173,25 @@ class MovingAverageGatedAttention(GatedAttentionBase):
             if before_attn_fn:
                 return weights, h
             # B x T x H: laid out like h (the first operand), so h_proj reads it as it is
-            gated = h * F.silu(r_pre).transpose(0, 1)
+            h = self.h_proj(h * F.silu(r_pre).transpose(0, 1))
 
-        h = self.h_proj(gated)
         # B x T x D read as T x B x D
         out = self._gated_output(residual, h.transpose(0, 1), u, hx)
         return out, (weights if need_weights else None)
+
+    def _fuse_gate_projection(self, ema_pre: Tensor) -> bool:
+        """Whether :func:`~.gate_projection.project_gates` may replace dropout + ``mx_proj`` + split:
+        a gradient is needed, no dropout on mx, ``mx_proj`` is a plain ``nn.Linear`` without hooks,
+        no autocast and one dtype."""
+        proj = self.mx_proj
+        if not torch.is_grad_enabled() or self.dropout.is_active() or type(proj) is not nn.Linear:
+            return False
+        if proj._forward_hooks or proj._forward_pre_hooks or torch.is_autocast_enabled(ema_pre.device.type):
+            return False
+        tensors = (ema_pre, proj.weight, self.gamma, self.beta)
+        if not any(t.requires_grad for t in tensors):
+            return False
+        return len({t.dtype for t in tensors}) == 1 and (proj.bias is None or proj.bias.dtype == ema_pre.dtype)
 
     def _check_input(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tuple[int, int]:
         if x.dim() != 3 or x.size(-1) != self.embed_dim:

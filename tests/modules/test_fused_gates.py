@@ -1,10 +1,11 @@
 """The fused gates of the Mega self-attention have exact gradients.
 
-* ``GateSplit`` (the split of ``mx_proj``), ``GatedAttentionValues`` (``(weights @ silu(v)) *
-  silu(r)`` with recomputation) and ``GatedOutput`` (the update gate ``lerp(x, silu(pre), u)``)
-  pass a float64 gradcheck; their values equal the plain definitions;
+* ``GateSplit`` (the split of ``mx_proj``), ``GateProjection`` (``mx_proj(silu(e))`` and the
+  split), ``GatedAttentionProjection`` (``h_proj((weights @ silu(v)) * silu(r))`` with
+  recomputation) and ``GatedOutput`` (the update gate ``lerp(x, silu(pre), u)``) pass a float64
+  gradcheck; their values equal the plain definitions;
 * a whole ``MovingAverageGatedAttention`` gives the same outputs and gradients (input and every
-  parameter) as the same layer with all three written as plain autograd ops.
+  parameter) as the same layer with all of them written as plain autograd ops.
 """
 
 import pytest
@@ -15,14 +16,15 @@ from mega_fairseq.modules import gated_attention_base as attention_base
 from mega_fairseq.modules import moving_average_gated_attention as mega_attention
 from mega_fairseq.modules.activations import laplace, silu
 from mega_fairseq.modules.fused_gates import (
-    GatedAttentionValues,
+    GatedAttentionProjection,
     GatedOutput,
     GateSplit,
     attend_values,
-    gated_attention_values,
+    gated_attention_projection,
     gated_output,
     split_gates,
 )
+from mega_fairseq.modules.gate_projection import GateProjection, project_gates
 from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
 
 D, Z, H = 3, 2, 4
@@ -37,9 +39,14 @@ def plain_split(base, gamma, beta, embed_dim, zdim, hdim):
     return torch.sigmoid(u), q, k, r_pre, hx
 
 
-def plain_gated_values(weights, v_pre, r_pre, activation):
-    """``(weights @ activation(v_pre)) * silu(r_pre)`` with ordinary autograd ops (Batch x Time x H)."""
-    return attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1)
+def plain_gated_projection(weights, v_pre, r_pre, activation, projection):
+    """``projection((weights @ activation(v_pre)) * silu(r_pre))`` with ordinary autograd ops (Batch x Time x D)."""
+    return projection(attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1))
+
+
+def plain_project_gates(ema_pre, weight, bias, gamma, beta, embed_dim, zdim, hdim):
+    """``mx_proj(silu(ema_pre))`` and the split, with ordinary autograd ops."""
+    return plain_split(F.linear(F.silu(ema_pre), weight, bias), gamma, beta, embed_dim, zdim, hdim)
 
 
 def plain_gated_output(residual, attended, u, hx):
@@ -80,6 +87,36 @@ def test_gate_split_gradcheck_float64(used):
     assert torch.autograd.gradcheck(run, inputs())
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("used", ["all", "u_hx", "q_k", "r_pre"])
+def test_gate_projection_gradcheck_and_values(used, with_bias):
+    picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "r_pre": (3,)}[used]
+    gen = torch.Generator().manual_seed(5)
+    ema_pre = torch.randn(5, 3, D, generator=gen, dtype=torch.float64).requires_grad_(True)
+    weight = torch.randn(2 * D + Z + H, D, generator=gen, dtype=torch.float64).requires_grad_(True)
+    bias = torch.randn(2 * D + Z + H, generator=gen, dtype=torch.float64).requires_grad_(True) if with_bias else None
+    _, gamma, beta = inputs()
+    fused = project_gates(ema_pre, weight, bias, gamma, beta, D, Z, H)
+    for got, expected in zip(fused, plain_project_gates(ema_pre, weight, bias, gamma, beta, D, Z, H)):
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() < 1e-14
+    assert fused[1].is_contiguous() and fused[2].is_contiguous()
+
+    def run(*tensors):
+        pre, w, g, b = tensors[:4]
+        outputs = GateProjection.apply(pre, w, tensors[4] if with_bias else None, g, b, D, Z, H)
+        return tuple(outputs[i] for i in picks)
+
+    assert torch.autograd.gradcheck(run, (ema_pre, weight, gamma, beta) + ((bias,) if with_bias else ()))
+
+
+def test_gate_projection_rejects_a_wrong_weight():
+    ema_pre = torch.randn(5, 3, D, dtype=torch.float64, requires_grad=True)
+    _, gamma, beta = inputs()
+    with pytest.raises(ValueError, match="weight must be"):
+        project_gates(ema_pre, torch.randn(2 * D + Z + H - 1, D, dtype=torch.float64), None, gamma, beta, D, Z, H)
+
+
 def test_gate_split_rejects_a_wrong_width():
     base, gamma, beta = inputs()
     with pytest.raises(ValueError, match="base"):
@@ -109,39 +146,51 @@ def test_fused_layer_gradients_equal_plain_autograd(monkeypatch, chunk_size, bid
 
     fused = gradients()
     monkeypatch.setattr(mega_attention, "split_gates", plain_split)
-    monkeypatch.setattr(mega_attention, "gated_attention_values", plain_gated_values)
+    monkeypatch.setattr(mega_attention, "project_gates", plain_project_gates)
+    monkeypatch.setattr(mega_attention, "gated_attention_projection", plain_gated_projection)
     monkeypatch.setattr(attention_base, "gated_output", plain_gated_output)
     plain = gradients()
     for got, expected in zip(fused, plain):
         assert (got - expected).abs().max().item() < 1e-12
 
 
-def values_inputs(seq_len, chunks, frame, seed=0):
+def values_inputs(seq_len, chunks, frame, seed=0, bias=True):
     gen = torch.Generator().manual_seed(seed)
     weights = torch.rand(2, chunks, frame, frame, generator=gen, dtype=torch.float64).requires_grad_(True)
     v_pre = torch.randn(2, seq_len, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
     r = torch.randn(seq_len, 2, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
-    return weights, v_pre, r
+    projection = torch.nn.Linear(3, 4, bias=bias).double()
+    with torch.no_grad():
+        projection.weight.copy_(torch.randn(4, 3, generator=gen, dtype=torch.float64))
+        if bias:
+            projection.bias.copy_(torch.randn(4, generator=gen, dtype=torch.float64))
+    return weights, v_pre, r, projection
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("seq_len,chunks,frame", [(8, 2, 4), (7, 2, 4), (5, 1, 5)])
-def test_gated_attention_values_gradcheck_and_values(seq_len, chunks, frame):
-    weights, v_pre, r = values_inputs(seq_len, chunks, frame)
-    fused = GatedAttentionValues.apply(weights, v_pre, r)
-    assert fused.shape == (2, seq_len, 3)
-    assert (fused - plain_gated_values(weights, v_pre, r, F.silu)).abs().max().item() < 1e-14
-    assert torch.autograd.gradcheck(GatedAttentionValues.apply, (weights, v_pre, r))
+def test_gated_attention_projection_gradcheck_and_values(seq_len, chunks, frame, bias):
+    weights, v_pre, r, projection = values_inputs(seq_len, chunks, frame, bias=bias)
+    fused = GatedAttentionProjection.apply(weights, v_pre, r, projection.weight, projection.bias)
+    assert fused.shape == (2, seq_len, 4)
+    assert (fused - plain_gated_projection(weights, v_pre, r, F.silu, projection)).abs().max().item() < 1e-14
+
+    def run(*tensors):
+        return GatedAttentionProjection.apply(*tensors[:4], tensors[4] if bias else None)
+
+    extra = (projection.bias,) if bias else ()
+    assert torch.autograd.gradcheck(run, (weights, v_pre, r, projection.weight) + extra)
 
 
 @pytest.mark.parametrize("activation", [silu, laplace, torch.tanh], ids=["silu", "laplace", "tanh"])
-def test_gated_attention_values_any_activation_equals_plain(activation):
+def test_gated_attention_projection_any_activation_equals_plain(activation):
     """Other value activations take the plain ops; silu the fused function: same values, gradients."""
     results = []
-    for run in (gated_attention_values, plain_gated_values):
-        weights, v_pre, r = values_inputs(7, 2, 4, seed=1)
-        out = run(weights, v_pre, r, activation)
+    for run in (gated_attention_projection, plain_gated_projection):
+        weights, v_pre, r, projection = values_inputs(7, 2, 4, seed=1)
+        out = run(weights, v_pre, r, activation, projection)
         out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
-        results.append([out.detach(), weights.grad, v_pre.grad, r.grad])
+        results.append([out.detach(), weights.grad, v_pre.grad, r.grad, projection.weight.grad, projection.bias.grad])
     for got, expected in zip(*results):
         assert (got - expected).abs().max().item() < 1e-13
 

@@ -1,0 +1,93 @@
+"""``mx_proj`` and the gate split in one autograd function that keeps only what its backward needs.
+
+The Mega self-attention projects the activated EMA output ``mx = silu(e)`` (``e = EMA(x) + omega
+* x``) to ``base = W_mx mx + b`` and splits it into the update gate ``u = sigmoid(base[:D])``, the
+shared query/key ``z = silu(base[D:D+Z])``, the reset gate before its silu ``r_pre =
+base[D+Z:D+Z+H]`` and the output residual ``hx = base[D+Z+H:]`` (see :mod:`.fused_gates`).
+
+Plain autograd (or :class:`~.fused_gates.GateSplit` after an ``nn.Linear``) keeps ``e`` (for
+silu's derivative), ``mx`` (for the weight gradient) and the whole ``base`` (``2 D + Z + H`` per
+token, alive as long as any of its slices is) until the backward. :class:`GateProjection` runs the
+projection as three GEMMs into separate buffers (``u``, ``[z | r_pre]``, ``hx``), so ``hx`` is
+freed as soon as the output gate has used it, and keeps only ``e``, ``u`` and ``[z | r_pre]``:
+``mx`` and ``z`` are recomputed in the backward (one silu over ``D`` and ``Z`` values a token).
+That is ``2 D + Z`` fewer values per token kept for the backward (1,088 of 2,432 at d=512, z=128,
+h=1024), and one ``base``-sized buffer fewer in the forward.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fused_gates import GateTensors, _batch_first_query_key, gate_gradients
+
+
+class GateProjection(torch.autograd.Function):
+    """``(u, q, k, r_pre, hx)`` from the EMA output before its silu, ``mx_proj``'s weight and bias.
+
+    Shapes: ema_pre Time x Batch x D; weight (D + Z + H + D) x D; bias (D + Z + H + D) or None;
+    gamma, beta 2 x Z. Returns u (T x B x D), q and k (B x T x Z, contiguous), r_pre (T x B x H, a
+    view of the saved ``[z | r_pre]`` buffer) and hx (T x B x D, its own buffer).
+    """
+
+    @staticmethod
+    def forward(ctx, ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,
+                embed_dim: int, zdim: int, hdim: int):
+        seq_len, bsz, _ = ema_pre.shape
+        rows = F.silu(ema_pre).reshape(seq_len * bsz, embed_dim)
+        sizes = [embed_dim, zdim + hdim, embed_dim]
+        weights = weight.split(sizes)
+        biases = bias.split(sizes) if bias is not None else (None, None, None)
+        u = F.linear(rows, weights[0], biases[0]).sigmoid_().view(seq_len, bsz, embed_dim)
+        zr = F.linear(rows, weights[1], biases[1])  # (T B) x (Z + H): z, then r_pre
+        hx = F.linear(rows, weights[2], biases[2]).view(seq_len, bsz, embed_dim)
+        del rows
+        z = F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim)
+        q, k = _batch_first_query_key(z, gamma, beta)
+        ctx.sizes = (embed_dim, zdim, hdim)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(ema_pre, weight, u, zr, gamma)
+        return u, q, k, zr[:, zdim:].view(seq_len, bsz, hdim), hx
+
+    @staticmethod
+    def backward(ctx, grad_u, grad_q, grad_k, grad_r_pre, grad_hx):
+        ema_pre, weight, u, zr, gamma = ctx.saved_tensors
+        embed_dim, zdim, hdim = ctx.sizes
+        seq_len, bsz, _ = ema_pre.shape
+        z_pre = zr[:, :zdim].view(seq_len, bsz, zdim)
+        grad_base = ema_pre.new_empty(seq_len, bsz, weight.size(0))
+        grad_gamma, grad_beta = gate_gradients(
+            grad_base, (grad_u, grad_q, grad_k, grad_r_pre, grad_hx), u, z_pre, F.silu(z_pre), gamma,
+            embed_dim, zdim, hdim, ctx.needs_input_grad[3], ctx.needs_input_grad[4],
+        )
+        grad_rows = grad_base.view(seq_len * bsz, -1)
+        grad_weight = grad_bias = grad_ema_pre = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad_rows.t().mm(F.silu(ema_pre).reshape(seq_len * bsz, embed_dim))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_mx = grad_rows.mm(weight).view(seq_len, bsz, embed_dim)
+            grad_ema_pre = torch.ops.aten.silu_backward.grad_input(grad_mx, ema_pre, grad_input=grad_mx)
+        return grad_ema_pre, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None
+
+
+def project_gates(ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,
+                  embed_dim: int, zdim: int, hdim: int) -> GateTensors:
+    """``split_gates(linear(silu(ema_pre), weight, bias), gamma, beta, ...)`` keeping less for the backward.
+
+    Args:
+        ema_pre: Time x Batch x embed_dim, the EMA sub-layer's output before its silu.
+        weight, bias: ``mx_proj``'s, (embed_dim + zdim + hdim + embed_dim) x embed_dim and its rows.
+        gamma, beta: 2 x zdim, the query/key scale and offset.
+
+    Returns:
+        ``(u, q, k, r_pre, hx)`` as :func:`~.fused_gates.split_gates` gives them (u, r_pre, hx
+        Time x Batch; q, k Batch x Time x Z contiguous).
+    """
+    if weight.dim() != 2 or weight.shape != (2 * embed_dim + zdim + hdim, embed_dim):
+        raise ValueError("weight must be (2 * embed_dim + zdim + hdim) x embed_dim = {}, got shape {}".format(
+            (2 * embed_dim + zdim + hdim, embed_dim), tuple(weight.shape)))
+    return GateProjection.apply(ema_pre, weight, bias, gamma, beta, embed_dim, zdim, hdim)
