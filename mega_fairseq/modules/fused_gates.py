@@ -184,7 +184,14 @@ class GatedAttentionProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor, weight: Tensor, bias: Optional[Tensor]):
-        gated = attend_values(weights, F.silu(v_pre), v_pre.size(1)).mul_(F.silu(r_pre).transpose(0, 1))
+        v = F.silu(v_pre)
+        gated = attend_values(weights, v, v_pre.size(1))
+        # v's buffer (Batch x Time, like gated) takes r = silu(r_pre): one fresh Batch x Time x H buffer fewer
+        if v.shape == gated.shape:
+            gated.mul_(torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=v))
+        else:
+            gated.mul_(F.silu(r_pre).transpose(0, 1))
+        del v
         ctx.save_for_backward(weights, v_pre, r_pre, weight)
         ctx.has_bias = bias is not None
         return F.linear(gated, weight, bias)

@@ -10,6 +10,7 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
 from .attention_weights import attention_weights, causal_attention_mask
+from .batch_first_linear import batch_first_linear
 from .exponential_moving_average import MultiHeadEMA
 from .fused_gates import attend_values, gated_attention_projection, split_gates
 from .gate_projection import project_gates
@@ -142,9 +143,9 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         if self.prenorm:
             x = self.norm(x)
 
-        # v_proj reads the normed input transposed, so v comes out Batch x Time x H: the layout
+        # v_proj reads the normed input as Batch x Time, so v comes out Batch x Time x H: the layout
         # the chunked attention views (Batch x Chunks x ChunkLen x H) without copying it
-        v_pre = self.v_proj(x.transpose(0, 1))
+        v_pre = self._project_values(x)
         # the EMA output before its silu, T x B x D; its projection T x B x (D + Z + H + D) gives
         # u, r_pre, hx (T x B x C) and q, k (B x T x Z)
         ema_pre = self.move(x, padding_mask, incremental_state, activate=False)
@@ -178,6 +179,15 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         # B x T x D read as T x B x D
         out = self._gated_output(residual, h.transpose(0, 1), u, hx)
         return out, (weights if need_weights else None)
+
+    def _project_values(self, x: Tensor) -> Tensor:
+        """``v_proj`` of the normed input x (Time x Batch x D), Batch x Time x H. A plain ``nn.Linear``
+        without hooks reads x in place (:func:`~.batch_first_linear.batch_first_linear`: no copy made
+        or kept); otherwise the module is called on the transposed view."""
+        proj = self.v_proj
+        if type(proj) is nn.Linear and not (proj._forward_hooks or proj._forward_pre_hooks):
+            return batch_first_linear(x, proj.weight, proj.bias)
+        return proj(x.transpose(0, 1))
 
     def _fuse_gate_projection(self, ema_pre: Tensor) -> bool:
         """Whether :func:`~.gate_projection.project_gates` may replace dropout + ``mx_proj`` + split:
