@@ -40,7 +40,8 @@ layers and a matmul-only reference (the three projections' forward + backward GE
 shapes, i.e. the machine's matmul speed for this layer) are timed interleaved (the order alternating), best of
 ``--reps``; so is the one-token decode step. Prints the time ratio old / new, the share of the
 layer time the projection GEMMs would take at the measured matmul speed ("% of matmul peak") and
-the decode step ratio.
+the decode step ratio, from the best times and (``paired_median``) as the median of each round's own
+ratio, which a machine whose load changes between rounds disturbs less.
 """
 import argparse
 import json
@@ -208,19 +209,31 @@ def _load_baseline_package(rev):
     return importlib.import_module(package)
 
 
-def _best_interleaved(functions, reps):
+def _interleaved_rounds(functions, reps):
     """Run each function once (warm-up), then ``reps`` rounds of all of them in turn (the order
-    reversed every other round, so that none always runs first); best times (s)."""
+    reversed every other round, so that none always runs first); every time (s), per function."""
     for run in functions.values():
         run()
-    best = {name: float("inf") for name in functions}
+    times = {name: [] for name in functions}
     for round_index in range(reps):
         items = list(functions.items())
         for name, run in items if round_index % 2 == 0 else items[::-1]:
             start = time.perf_counter()
             run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def _paired_median_ratio(numerator, denominator):
+    """Median over rounds of ``numerator[i] / denominator[i]``: two runs of one round ran back to back, so
+    their ratio is robust to load that changes between rounds (best-of-N of each is not)."""
+    return _median([a / b for a, b in zip(numerator, denominator)])
 
 
 def compare_with_baseline(rev, spec, threads, scope="modules"):
@@ -262,8 +275,9 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
                 F.linear(attended, weights[2], biases[2])]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
-    train = _best_interleaved({"before": train_step(old), "after": train_step(new), "matmuls": matmuls},
-                              spec["reps"])
+    rounds = _interleaved_rounds({"before": train_step(old), "after": train_step(new), "matmuls": matmuls},
+                                 spec["reps"])
+    train = {name: min(times) for name, times in rounds.items()}
     flops = 6 * length * batch * (width * hdim + width * (2 * width + zdim + hdim) + hdim * width)
 
     old.eval(), new.eval()
@@ -279,7 +293,7 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
                 start = time.perf_counter()
                 layer(sequence[t : t + 1], incremental_state=states[name])
                 steps[name].append(time.perf_counter() - start)
-    median = {name: sorted(times)[len(times) // 2] for name, times in steps.items()}
+    median = {name: _median(times) for name, times in steps.items()}
     return dict(
         config=dict(spec, baseline_rev=rev, baseline_scope=scope, threads=threads, torch=torch.__version__),
         max_abs_output_diff=same_output,
@@ -287,6 +301,14 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
         matmul_gflops=round(flops / train["matmuls"] / 1e9, 1),
         percent_of_matmul_peak={"before": round(100 * train["matmuls"] / train["before"], 1),
                                 "after": round(100 * train["matmuls"] / train["after"], 1)},
+        # the same two figures as medians of each round's own ratio (runs of one round are back to back)
+        paired_median={
+            "train_speedup_before_over_after": round(_paired_median_ratio(rounds["before"], rounds["after"]), 3),
+            "percent_of_matmul_peak": {
+                "before": round(100 * _paired_median_ratio(rounds["matmuls"], rounds["before"]), 1),
+                "after": round(100 * _paired_median_ratio(rounds["matmuls"], rounds["after"]), 1)},
+            "decode_step_after_over_before": round(_paired_median_ratio(steps["after"], steps["before"]), 3),
+        },
         decode_step_ms={name: round(value * 1e3, 3) for name, value in median.items()},
         ratios={"train_speedup_before_over_after": round(train["before"] / train["after"], 3),
                 "train_speedup_target": 1.2,

@@ -13,6 +13,18 @@ the machine's conditions. Both models have about the same parameter count (print
 ``MovingAverageGatedAttention`` layers run the code of git revision ``REV`` (read with ``git show``
 at run time, see ``bench_layers.py``), for before/after figures from one run.
 
+Two memory figures per training point: ``train_peak_rss_mb``, the peak resident size above the
+built model (what the machine had to provide), and ``train_peak_live_mb``, the peak of the bytes
+the allocator had handed out during the warm-up step (glibc's ``mallinfo2``, sampled from a
+thread; see ``bench_common.LiveMemorySampler``), which leaves out freed memory a fragmented heap
+keeps. Peak resident memory of one run depends on how glibc's allocator happened to place its buffers (a
+heap that fragments stays large): ``--repeats K`` runs every point K times (each in a fresh process,
+the models alternating) and reports the median of each figure, with every run's peak listed.
+``--mmap-threshold BYTES`` runs the points with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (e.g.
+1048576): every larger buffer is then mapped and unmapped on its own, so the peak follows the live
+tensors instead of the heap's high-water mark (page faults make the speed figures of such a run
+lower; compare memory only).
+
 Two extra rows per length measure scoring alone (a fresh process, no training first):
 ``mega_lm:eval`` (one full forward) and ``mega_lm:eval-stream1024`` (the same block streamed
 1024 tokens at a time, as fairseq-eval-lm --test-chunk-size does), with their peak memory.
@@ -25,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from bench_common import DictionaryTask, peak_rss_bytes
+from bench_common import DictionaryTask, LiveMemorySampler, peak_rss_bytes
 
 VOCAB = 256  # byte-level sized vocabulary
 MEGA = dict(decoder_embed_dim=256, decoder_hidden_dim=512, decoder_ffn_embed_dim=512, decoder_z_dim=64,
@@ -110,7 +122,8 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
         optimizer.step()
 
     model.train()
-    train_step()  # warm-up (allocations, kernels)
+    with LiveMemorySampler() as live:
+        train_step()  # warm-up (allocations, kernels)
     start = time.perf_counter()
     for _ in range(steps):
         train_step()
@@ -128,6 +141,8 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
         "model": kind, "context": length, "params": params,
         "train_tokens_per_s": round(length / train_time, 1),
         "train_peak_rss_mb": round(train_peak / 2 ** 20, 1),
+        # the warm-up step's peak of allocated bytes (its own thread samples it, so it is not timed)
+        "train_peak_live_mb": None if live.peak_bytes is None else round(live.peak_bytes / 2 ** 20, 1),
         "eval_tokens_per_s": round(length / eval_time, 1),
     }
 
@@ -152,6 +167,24 @@ def run_eval_memory_point(kind: str, length: int, steps: int) -> dict:
             "eval_peak_rss_mb": round((peak_rss_bytes() - base_rss) / 2 ** 20, 1)}
 
 
+def _median_point(points: list) -> dict:
+    """One point from the runs of one (model, length): the median of every figure, and each run's peak."""
+    done = [p for p in points if "skipped" not in p]
+    if not done:
+        return points[0]
+    merged = dict(done[0])
+    for key, value in done[0].items():
+        if isinstance(value, float):
+            values = sorted(p[key] for p in done)
+            middle = len(values) // 2
+            merged[key] = values[middle] if len(values) % 2 else round(0.5 * (values[middle - 1] + values[middle]), 1)
+    if len(points) > 1:
+        peak_key = "train_peak_rss_mb" if "train_peak_rss_mb" in merged else "eval_peak_rss_mb"
+        merged["runs"] = len(done)
+        merged[peak_key + "_each_run"] = [p.get(peak_key) for p in done]
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
@@ -167,32 +200,41 @@ def main() -> None:
     parser.add_argument("--checkpoint-activations", action="store_true",
                         help="also train mega_lm with --checkpoint-activations (row {!r}; ratio of peak memories)".format(
                             CHECKPOINTED))
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per point, each in a fresh process; the medians are reported (default 1)")
+    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
+                        help="run the points with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (peak follows the live tensors)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_point(args.one[0], int(args.one[1]), args.steps, args.threads, args.max_memory_gb)))
         return
 
-    results = []
+    env = dict(os.environ)
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    runs = {}
     for length in args.lengths:
         kinds = ["mega_lm", "transformer_lm", "mega_lm:eval", "mega_lm:eval-stream{}".format(args.stream)]
         if args.baseline_rev:
             kinds.insert(1, "mega_lm@{}".format(args.baseline_rev))
         if args.checkpoint_activations:
             kinds.insert(1, CHECKPOINTED)
-        for kind in kinds:
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, str(length), "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else None
-                point = json.loads(line) if line else {"model": kind, "context": length,
-                                                       "skipped": "exit {}: {}".format(proc.returncode,
-                                                                                      proc.stderr.strip()[-300:])}
-            except subprocess.TimeoutExpired:
-                point = {"model": kind, "context": length, "skipped": "timeout after {} s".format(args.timeout)}
-            results.append(point)
-            print(json.dumps(point), file=sys.stderr, flush=True)
+        for repeat in range(args.repeats):
+            for kind in kinds if repeat % 2 == 0 else kinds[::-1]:
+                cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, str(length), "--steps", str(args.steps),
+                       "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+                    line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else None
+                    point = json.loads(line) if line else {"model": kind, "context": length,
+                                                           "skipped": "exit {}: {}".format(proc.returncode,
+                                                                                          proc.stderr.strip()[-300:])}
+                except subprocess.TimeoutExpired:
+                    point = {"model": kind, "context": length, "skipped": "timeout after {} s".format(args.timeout)}
+                runs.setdefault((kind, length), []).append(point)
+                print(json.dumps(point), file=sys.stderr, flush=True)
+    results = [_median_point(points) for points in runs.values()]
 
     ratios = {}
     for length in args.lengths:
@@ -204,6 +246,9 @@ def main() -> None:
                 "eval_speedup": round(mega["eval_tokens_per_s"] / trans["eval_tokens_per_s"], 2),
                 "train_peak_memory": round(mega["train_peak_rss_mb"] / max(trans["train_peak_rss_mb"], 1e-9), 2),
             }
+            if mega.get("train_peak_live_mb") and trans.get("train_peak_live_mb"):
+                ratios[str(length)]["train_peak_live_memory"] = round(
+                    mega["train_peak_live_mb"] / trans["train_peak_live_mb"], 2)
             checkpointed = next((r for r in results if r["model"] == CHECKPOINTED and r["context"] == length), {})
             if "train_peak_rss_mb" in checkpointed:
                 ratios[str(length)]["checkpointed_over_plain_train_peak_memory"] = round(
@@ -217,7 +262,8 @@ def main() -> None:
                     before["train_peak_rss_mb"] / max(trans["train_peak_rss_mb"], 1e-9), 2)
                 ratios[str(length)]["baseline_train_speedup"] = round(
                     before["train_tokens_per_s"] / trans["train_tokens_per_s"], 2)
-    print(json.dumps({"threads": args.threads, "steps": args.steps, "mega_config": MEGA,
+    print(json.dumps({"threads": args.threads, "steps": args.steps, "repeats": args.repeats,
+                      "malloc_mmap_threshold": args.mmap_threshold, "mega_config": MEGA,
                       "transformer_config": TRANSFORMER, "points": results, "mega_over_transformer": ratios}, indent=1))
 
 

@@ -198,7 +198,7 @@ class _BlocksTimesMatrix(torch.autograd.Function):
         grad_coefficients = [None] * len(coefficients)
         if any(ctx.needs_input_grad[6:]):
             grad_matrix = torch.bmm(_channel_blocks(x, num_blocks, block).transpose(1, 2), grad)  # R x C x M
-            grad_lags = sum_lag_diagonals(grad_matrix[..., :block].contiguous())  # R x (2C - 1), lag + C - 1
+            grad_lags = sum_lag_diagonals(grad_matrix[..., :block])  # R x (2C - 1), lag + C - 1
             ndim = coefficients[0].size(-1)
             projection_start = block
             grads = []

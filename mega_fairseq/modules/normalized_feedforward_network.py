@@ -6,6 +6,7 @@ from torch import Tensor
 from .activations import get_activation_fn, silu
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
 from .sequence_norm import SequenceNorm
+from .layer_norm_linear import fusable_layer_norm, layer_norm_linear
 from .silu_linear import silu_linear
 
 
@@ -67,13 +68,19 @@ class NormalizedFeedForwardNetwork(nn.Module):
                 "x must be Time x Batch x {} (embed_dim), got shape {}".format(self.embedding_dim, tuple(x.shape))
             )
         residual = x
-        if self.prenorm:
-            x = self.norm(x)
+        layer_norm = fusable_layer_norm(self.norm) if self.prenorm else None
+        if layer_norm is not None:
+            # fc1(norm(x)) keeping x (alive for the residual) and the norm's statistics, not norm(x)
+            hidden = layer_norm_linear(x, layer_norm, self.fc1)
+        else:
+            if self.prenorm:
+                x = self.norm(x)
+            hidden = self.fc1(x)
         if self.activation is silu and not self.hidden_dropout.is_active():
             # fc2(silu(fc1 x)) keeping only fc1's output for the backward
-            x = silu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
+            x = silu_linear(hidden, self.fc2.weight, self.fc2.bias)
         else:
-            x = self.fc2(self.hidden_dropout(self.activation(self.fc1(x))))
+            x = self.fc2(self.hidden_dropout(self.activation(hidden)))
         x = self.dropout(x)
         x = x + residual
         if not self.prenorm:

@@ -28,9 +28,19 @@ class _ToeplitzFromLags(torch.autograd.Function):
         return sum_lag_diagonals(grad_matrix)
 
 
-def sum_lag_diagonals(grad_matrix: Tensor) -> Tensor:
-    """``R x (2L - 1)`` sums of an ``R x L x L`` matrix along its diagonals: entry ``L - 1 + t - s``
-    collects every ``[r, s, t]``. The backward of building a Toeplitz matrix from its lags."""
+def sum_lag_diagonals(grad_matrix: Tensor, max_buffer_elements: int = 1 << 20) -> Tensor:
+    """``R x (2L - 1)`` sums of an ``R x L x L`` matrix (any strides) along its diagonals: entry
+    ``L - 1 + t - s`` collects every ``[r, s, t]``. The backward of building a Toeplitz matrix from
+    its lags. Rows are taken in groups whose sheared buffer holds at most ``max_buffer_elements``."""
+    rows, size, _ = grad_matrix.shape
+    width = 2 * size - 1
+    group = max(1, min(rows, max_buffer_elements // (size * width)))
+    if group >= rows:
+        return _sheared_sum(grad_matrix)
+    return torch.cat([_sheared_sum(grad_matrix[start : start + group]) for start in range(0, rows, group)])
+
+
+def _sheared_sum(grad_matrix: Tensor) -> Tensor:
     rows, size, _ = grad_matrix.shape
     width = 2 * size - 1
     # sheared[r, s, L - 1 + t - s] = grad[r, s, t]; summing over s collects each lag

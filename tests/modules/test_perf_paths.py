@@ -107,3 +107,15 @@ def test_cpu_dropout_keep_rate_scaling_and_gradient():
     assert not torch.equal(layer.train()(y), y)
     half = element_dropout(torch.ones(200, 200, dtype=torch.bfloat16), 0.5)
     assert half.dtype == torch.bfloat16 and abs((half == 0).float().mean().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("max_buffer_elements", [1 << 20, 50, 1])
+def test_sum_lag_diagonals_in_row_groups_equals_the_diagonal_sums(max_buffer_elements):
+    """The diagonal sums (the Toeplitz builder's backward) are the same whether the sheared buffer
+    holds all rows or a few at a time, and for a strided (sliced) input."""
+    from mega_fairseq.modules.toeplitz_matrix import sum_lag_diagonals
+
+    wide = torch.randn(5, 4, 6, dtype=torch.float64)
+    grad = wide[..., :4]  # R x L x L, not contiguous
+    expected = torch.stack([torch.diagonal(grad, offset=lag, dim1=1, dim2=2).sum(-1) for lag in range(-3, 4)], dim=1)
+    assert (sum_lag_diagonals(grad, max_buffer_elements) - expected).abs().max().item() < 1e-12
