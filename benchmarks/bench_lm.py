@@ -17,7 +17,8 @@ Two memory figures per training point: ``train_peak_rss_mb``, the peak resident 
 built model (what the machine had to provide), and ``train_peak_live_mb``, the peak of the bytes
 the allocator had handed out during the warm-up step (glibc's ``mallinfo2``, sampled from a
 thread; see ``bench_common.LiveMemorySampler``), which leaves out freed memory a fragmented heap
-keeps. Peak resident memory of one run depends on how glibc's allocator happened to place its buffers (a
+keeps. ``train_saved_mb`` is what autograd keeps between the forward and the backward (the
+tensors saved for the backward, each storage once, parameters excluded). Peak resident memory of one run depends on how glibc's allocator happened to place its buffers (a
 heap that fragments stays large): ``--repeats K`` runs every point K times (each in a fresh process,
 the models alternating) and reports the median of each figure, with every run's peak listed.
 ``--mmap-threshold BYTES`` runs the points with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (e.g.
@@ -114,8 +115,21 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
     target = torch.randint(4, VOCAB, (1, length))
     base_rss = peak_rss_bytes()
 
-    def train_step():
-        logits = model(tokens)[0]
+    saved = {}
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def keep(tensor):  # what autograd keeps for the backward: each storage once, parameters excluded
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def train_step(count_saved=False):
+        if count_saved:
+            with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+                logits = model(tokens)[0]
+        else:
+            logits = model(tokens)[0]
         loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), target.view(-1))
         optimizer.zero_grad()
         loss.backward()
@@ -123,7 +137,7 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
 
     model.train()
     with LiveMemorySampler() as live:
-        train_step()  # warm-up (allocations, kernels)
+        train_step(count_saved=True)  # warm-up (allocations, kernels)
     start = time.perf_counter()
     for _ in range(steps):
         train_step()
@@ -141,6 +155,7 @@ def run_point(kind: str, length: int, steps: int, threads: int, max_memory_gb: f
         "model": kind, "context": length, "params": params,
         "train_tokens_per_s": round(length / train_time, 1),
         "train_peak_rss_mb": round(train_peak / 2 ** 20, 1),
+        "train_saved_mb": round(sum(saved.values()) / 2 ** 20, 1),
         # the warm-up step's peak of allocated bytes (its own thread samples it, so it is not timed)
         "train_peak_live_mb": None if live.peak_bytes is None else round(live.peak_bytes / 2 ** 20, 1),
         "eval_tokens_per_s": round(length / eval_time, 1),
@@ -246,6 +261,7 @@ def main() -> None:
                 "eval_speedup": round(mega["eval_tokens_per_s"] / trans["eval_tokens_per_s"], 2),
                 "train_peak_memory": round(mega["train_peak_rss_mb"] / max(trans["train_peak_rss_mb"], 1e-9), 2),
             }
+            ratios[str(length)]["train_saved"] = round(mega["train_saved_mb"] / trans["train_saved_mb"], 2)
             if mega.get("train_peak_live_mb") and trans.get("train_peak_live_mb"):
                 ratios[str(length)]["train_peak_live_memory"] = round(
                     mega["train_peak_live_mb"] / trans["train_peak_live_mb"], 2)

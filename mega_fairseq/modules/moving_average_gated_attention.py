@@ -35,9 +35,12 @@ class MovingAverageGatedAttention(GatedAttentionBase):
 
     Layout: the residual path, the EMA and the gates (u, r, hx) stay Time x Batch; queries,
     keys, values and the attention output are Batch x Time, so chunks are views, never copies
-    (``v_proj`` reads the normed input transposed; the gate split writes q and k Batch x Time).
-    The gate split and ``(attn v) * r`` are fused autograd functions (``fused_gates``). Padded
-    positions holding NaN/inf never reach real ones.
+    (``v_proj`` reads the normed input as strided Batch x Time matrices; the gate split writes q
+    and k Batch x Time). Training keeps little for the backward: ``mx_proj`` with the gate split
+    (``gate_projection``), ``h_proj((attn v) * r)`` and the output gate (``fused_gates``) and the
+    EMA's block matmul (``ema_blocked_scan``) are autograd functions that keep pre-activations
+    and recompute the rest (see ``tests/modules/test_saved_activations.py``). Padded positions
+    holding NaN/inf never reach real ones.
 
     Constructor arguments, parameter names and the forward signature follow the official code.
     """

@@ -103,13 +103,20 @@ def test_bench_layers_baseline_rev_quick():
     assert report["ratios"]["train_speedup_before_over_after"] > 0
     assert report["ratios"]["decode_step_after_over_before"] > 0
     assert 0 < report["percent_of_matmul_peak"]["after"]
+    paired = report["paired_median"]
+    assert paired["train_speedup_before_over_after"] > 0 and paired["decode_step_after_over_before"] > 0
+    assert 0 < paired["percent_of_matmul_peak"]["after"]
 
 
 @pytest.mark.e2e
 def test_bench_lm_baseline_rev_adds_the_old_layer_row():
-    report = run_script("bench_lm.py", "--lengths", "64", "--steps", "1", "--baseline-rev", BEFORE_REWRITE)
-    assert report["threads"] == 1
+    report = run_script("bench_lm.py", "--lengths", "64", "--steps", "1", "--baseline-rev", BEFORE_REWRITE,
+                        "--repeats", "2")
+    assert report["threads"] == 1 and report["repeats"] == 2
     models = {point["model"] for point in report["points"]}
     assert {"mega_lm", "mega_lm@" + BEFORE_REWRITE, "transformer_lm"} <= models
     ratios = report["mega_over_transformer"]["64"]
     assert ratios["train_peak_memory"] > 0 and ratios["baseline_train_peak_memory"] > 0
+    assert ratios["train_saved"] > 0 and ratios["train_peak_live_memory"] > 0  # glibc's mallinfo2 (the test machines run Linux)
+    mega = next(point for point in report["points"] if point["model"] == "mega_lm")
+    assert mega["runs"] == 2 and len(mega["train_peak_rss_mb_each_run"]) == 2 and mega["train_peak_live_mb"] > 0
