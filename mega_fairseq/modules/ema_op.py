@@ -150,15 +150,23 @@ def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[i
         if length > 1:  # a copy, so that the saved state does not keep a long span alive
             last_inputs = last_inputs.clone()
         return out, last_inputs.permute(1, 2, 0)
-    if length == 1:  # the recurrence: h = q h + p_beta x ; y = sum_n gamma h
-        state = x[0].unsqueeze(-1) * coefficients.p_beta
-        if initial_state is not None:
-            state = state + coefficients.q * initial_state
-        return (state * coefficients.gamma).sum(-1).unsqueeze(0), state
+    if length == 1:
+        return recurrence_step(x, coefficients.q, coefficients.p_beta, coefficients.gamma, initial_state)
     start = None if initial_state is None else initial_state.transpose(0, 1)  # D x B x N
     causal = EMARows(coefficients.p_beta, coefficients.log_q, coefficients.gamma)
     out, last = blocked_scan_ema(x, block, causal, initial_state=start, return_last_state=True)
     return out, last.transpose(0, 1)
+
+
+def recurrence_step(x: Tensor, q: Tensor, p_beta: Tensor, gamma: Tensor, state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One untruncated causal step, ``h = q h + p_beta x``, ``y = sum_n gamma h``: x ``1 x B x D``,
+    coefficients ``D x N``, state ``B x D x N`` or None (start of a sequence). Returns the
+    ``1 x B x D`` output and the new state. No argument checks: :func:`multi_head_ema` makes them
+    (the EMA module calls this directly only with a saved state of the right shape)."""
+    new_state = x[0].unsqueeze(-1) * p_beta
+    if state is not None:
+        new_state = new_state + q * state
+    return (new_state * gamma).sum(-1).unsqueeze(0), new_state
 
 
 def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state):
