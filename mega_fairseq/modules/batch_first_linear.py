@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fusion_guard import fused_autograd_applies
+
 #: from this many steps per sequence the strided path runs (shorter sequences: one GEMM reads the
 #: weight once for the whole batch, the copy is small and the batched GEMM's per-sequence calls cost more)
 MIN_SEQUENCE_LENGTH = 128
@@ -65,9 +67,7 @@ def batch_first_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Ten
     H x D, bias H or None; returns Batch x Time x H. Through :class:`BatchFirstLinear` when a gradient
     is needed, the sequences are long (:data:`MIN_SEQUENCE_LENGTH`) and the dtypes agree (not under
     autocast), else ``F.linear``."""
-    tensors = (x, weight) + ((bias,) if bias is not None else ())
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and x.dim() == 3:
-        if x.size(0) >= MIN_SEQUENCE_LENGTH and x.stride(-1) == 1 and not torch.is_autocast_enabled(x.device.type):
-            if len({t.dtype for t in tensors}) == 1:
-                return BatchFirstLinear.apply(x, weight, bias)
+    long_sequences = x.dim() == 3 and x.size(0) >= MIN_SEQUENCE_LENGTH and x.stride(-1) == 1
+    if long_sequences and fused_autograd_applies(x, weight, bias):
+        return BatchFirstLinear.apply(x, weight, bias)
     return F.linear(x.transpose(0, 1), weight, bias)

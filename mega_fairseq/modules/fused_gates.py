@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import silu
+from .fusion_guard import fused_autograd_applies, plain_module
 
 GateTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -186,11 +187,8 @@ class GatedAttentionProjection(torch.autograd.Function):
     def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor, weight: Tensor, bias: Optional[Tensor]):
         v = F.silu(v_pre)
         gated = attend_values(weights, v, v_pre.size(1))
-        # v's buffer (Batch x Time, like gated) takes r = silu(r_pre): one fresh Batch x Time x H buffer fewer
-        if v.shape == gated.shape:
-            gated.mul_(torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=v))
-        else:
-            gated.mul_(F.silu(r_pre).transpose(0, 1))
+        # v's buffer (Batch x Time x H, like gated) takes r = silu(r_pre): one fresh buffer fewer
+        gated.mul_(torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=v))
         del v
         ctx.save_for_backward(weights, v_pre, r_pre, weight)
         ctx.has_bias = bias is not None
@@ -253,10 +251,8 @@ def gated_attention_projection(weights: Tensor, v_pre: Tensor, r_pre: Tensor, ac
             without hooks and gradients needed, :class:`GatedAttentionProjection` runs; otherwise
             the same value comes from plain ops.
     """
-    plain_linear = type(projection) is torch.nn.Linear and not (projection._forward_hooks or projection._forward_pre_hooks)
-    tensors = (weights, v_pre, r_pre, projection.weight)
-    if activation is silu and plain_linear and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        if not torch.is_autocast_enabled(v_pre.device.type) and len({t.dtype for t in tensors}) == 1:
+    if activation is silu and plain_module(projection, torch.nn.Linear):
+        if fused_autograd_applies(weights, v_pre, r_pre, projection.weight, projection.bias):
             return GatedAttentionProjection.apply(weights, v_pre, r_pre, projection.weight, projection.bias)
     return projection(attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1))
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fusion_guard import fused_autograd_applies, plain_module
+
 
 class LayerNormLinear(torch.autograd.Function):
     """``F.linear(F.layer_norm(x, (D,), norm_weight, norm_bias, eps), weight, bias)``; x ``(..., D)``."""
@@ -53,20 +55,16 @@ def fusable_layer_norm(norm: nn.Module) -> Optional[nn.LayerNorm]:
     """The ``nn.LayerNorm`` inside ``norm`` (a ``SequenceNorm`` or a LayerNorm) when it normalises the
     last dimension only and carries no hooks; else None."""
     inner = getattr(norm, "norm", norm)
-    if type(inner) is not nn.LayerNorm or len(inner.normalized_shape) != 1:
+    if not plain_module(inner, nn.LayerNorm) or len(inner.normalized_shape) != 1:
         return None
-    for module in (norm, inner):
-        if module._forward_hooks or module._forward_pre_hooks:
-            return None
+    if norm is not inner and (norm._forward_hooks or norm._forward_pre_hooks):
+        return None
     return inner
 
 
 def layer_norm_linear(x: Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> Tensor:
     """``linear(norm(x))``; through :class:`LayerNormLinear` when a gradient is needed, ``linear`` is
     a plain ``nn.Linear`` without hooks, no autocast and one dtype; else the two modules."""
-    tensors = [t for t in (x, norm.weight, norm.bias, linear.weight, linear.bias) if t is not None]
-    plain_linear = type(linear) is nn.Linear and not (linear._forward_hooks or linear._forward_pre_hooks)
-    if plain_linear and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        if not torch.is_autocast_enabled(x.device.type) and len({t.dtype for t in tensors}) == 1:
-            return LayerNormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+    if plain_module(linear, nn.Linear) and fused_autograd_applies(x, norm.weight, norm.bias, linear.weight, linear.bias):
+        return LayerNormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
     return linear(norm(x))

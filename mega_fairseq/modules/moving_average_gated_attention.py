@@ -13,6 +13,7 @@ from .attention_weights import attention_weights, causal_attention_mask
 from .batch_first_linear import batch_first_linear
 from .exponential_moving_average import MultiHeadEMA
 from .fused_gates import attend_values, gated_attention_projection, split_gates
+from .fusion_guard import fused_autograd_applies, plain_module
 from .gate_projection import project_gates
 from .gated_attention_base import GatedAttentionBase
 from .relative_positional_bias import build_relative_positional_bias
@@ -188,7 +189,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         without hooks reads x in place (:func:`~.batch_first_linear.batch_first_linear`: no copy made
         or kept); otherwise the module is called on the transposed view."""
         proj = self.v_proj
-        if type(proj) is nn.Linear and not (proj._forward_hooks or proj._forward_pre_hooks):
+        if plain_module(proj, nn.Linear):
             return batch_first_linear(x, proj.weight, proj.bias)
         return proj(x.transpose(0, 1))
 
@@ -197,14 +198,9 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         a gradient is needed, no dropout on mx, ``mx_proj`` is a plain ``nn.Linear`` without hooks,
         no autocast and one dtype."""
         proj = self.mx_proj
-        if not torch.is_grad_enabled() or self.dropout.is_active() or type(proj) is not nn.Linear:
+        if self.dropout.is_active() or not plain_module(proj, nn.Linear):
             return False
-        if proj._forward_hooks or proj._forward_pre_hooks or torch.is_autocast_enabled(ema_pre.device.type):
-            return False
-        tensors = (ema_pre, proj.weight, self.gamma, self.beta)
-        if not any(t.requires_grad for t in tensors):
-            return False
-        return len({t.dtype for t in tensors}) == 1 and (proj.bias is None or proj.bias.dtype == ema_pre.dtype)
+        return fused_autograd_applies(ema_pre, proj.weight, proj.bias, self.gamma, self.beta)
 
     def _check_input(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tuple[int, int]:
         if x.dim() != 3 or x.size(-1) != self.embed_dim:
