@@ -1,4 +1,4 @@
-"""Pieces the benchmark scripts share: the process's peak memory and a stand-in task."""
+"""Pieces the benchmark scripts share: the process's peak and live memory, a median and a stand-in task."""
 import ctypes
 import resource
 import threading
@@ -8,6 +8,13 @@ import time
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far (bytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median(values) -> float:
+    """The median of ``values`` (the mean of the two middle ones for an even count)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
 
 
 class _MallInfo2(ctypes.Structure):

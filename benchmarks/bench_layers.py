@@ -52,6 +52,8 @@ import sys
 import time
 import types
 
+from bench_common import median
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_PATH = "mega_fairseq/modules/moving_average_gated_attention.py"
 COMPARE = dict(width=512, zdim=128, hdim=1024, ndim=16, chunk=128, length=2048, batch=4, reps=5,
@@ -224,16 +226,10 @@ def _interleaved_rounds(functions, reps):
     return times
 
 
-def _median(values):
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
-
-
 def _paired_median_ratio(numerator, denominator):
     """Median over rounds of ``numerator[i] / denominator[i]``: two runs of one round ran back to back, so
     their ratio is robust to load that changes between rounds (best-of-N of each is not)."""
-    return _median([a / b for a, b in zip(numerator, denominator)])
+    return median([a / b for a, b in zip(numerator, denominator)])
 
 
 def compare_with_baseline(rev, spec, threads, scope="modules"):
@@ -293,7 +289,7 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
                 start = time.perf_counter()
                 layer(sequence[t : t + 1], incremental_state=states[name])
                 steps[name].append(time.perf_counter() - start)
-    median = {name: _median(times) for name, times in steps.items()}
+    step_median = {name: median(times) for name, times in steps.items()}
     return dict(
         config=dict(spec, baseline_rev=rev, baseline_scope=scope, threads=threads, torch=torch.__version__),
         max_abs_output_diff=same_output,
@@ -309,10 +305,10 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
                 "after": round(100 * _paired_median_ratio(rounds["matmuls"], rounds["after"]), 1)},
             "decode_step_after_over_before": round(_paired_median_ratio(steps["after"], steps["before"]), 3),
         },
-        decode_step_ms={name: round(value * 1e3, 3) for name, value in median.items()},
+        decode_step_ms={name: round(value * 1e3, 3) for name, value in step_median.items()},
         ratios={"train_speedup_before_over_after": round(train["before"] / train["after"], 3),
                 "train_speedup_target": 1.2,
-                "decode_step_after_over_before": round(median["after"] / median["before"], 3),
+                "decode_step_after_over_before": round(step_median["after"] / step_median["before"], 3),
                 "decode_step_target": "<= 1.0 (no slowdown)"},
     )
 

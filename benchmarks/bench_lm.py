@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from bench_common import DictionaryTask, LiveMemorySampler, peak_rss_bytes
+from bench_common import DictionaryTask, LiveMemorySampler, median, peak_rss_bytes
 
 VOCAB = 256  # byte-level sized vocabulary
 MEGA = dict(decoder_embed_dim=256, decoder_hidden_dim=512, decoder_ffn_embed_dim=512, decoder_z_dim=64,
@@ -190,9 +190,7 @@ def _median_point(points: list) -> dict:
     merged = dict(done[0])
     for key, value in done[0].items():
         if isinstance(value, float):
-            values = sorted(p[key] for p in done)
-            middle = len(values) // 2
-            merged[key] = values[middle] if len(values) % 2 else round(0.5 * (values[middle - 1] + values[middle]), 1)
+            merged[key] = round(median(p[key] for p in done), 1)
     if len(points) > 1:
         peak_key = "train_peak_rss_mb" if "train_peak_rss_mb" in merged else "eval_peak_rss_mb"
         merged["runs"] = len(done)

@@ -250,19 +250,18 @@ class MultiHeadEMA(nn.Module):
         )
         if incremental_state is None:
             ema = multi_head_ema(x_conv, q, p_beta, gamma, **options)
-        elif self._plain_step(x_conv, incremental_state, compute_dtype):
-            # one token, no window, a saved state that fits: the recurrence alone (the op's checks
-            # and dispatch cost about a fifth of this step)
-            buffer = self._get_input_buffer(incremental_state)
-            ema, buffer["prev_state"] = recurrence_step(x_conv, q, p_beta, gamma, buffer.get("prev_state"))
-            self._set_input_buffer(incremental_state, buffer)
         else:
             buffer = self._get_input_buffer(incremental_state)
-            key = "prev_state" if self.window is None else "prev_inputs"
-            # a saved state of another batch size is refused by the op, naming both sizes
-            ema, buffer[key] = multi_head_ema(
-                x_conv, q, p_beta, gamma, initial_state=buffer.get(key), return_last_state=True, **options
-            )
+            if self._plain_step(x_conv, buffer.get("prev_state"), compute_dtype):
+                # one token, no window, a saved state that fits: the recurrence alone (the op's
+                # checks and dispatch cost about a fifth of this step)
+                ema, buffer["prev_state"] = recurrence_step(x_conv, q, p_beta, gamma, buffer.get("prev_state"))
+            else:
+                key = "prev_state" if self.window is None else "prev_inputs"
+                # a saved state of another batch size is refused by the op, naming both sizes
+                ema, buffer[key] = multi_head_ema(
+                    x_conv, q, p_beta, gamma, initial_state=buffer.get(key), return_last_state=True, **options
+                )
             self._set_input_buffer(incremental_state, buffer)
         # residual first, so the sum (and everything after it) is laid out Time x Batch x D;
         # in place: the product's backward does not need its output
@@ -271,12 +270,11 @@ class MultiHeadEMA(nn.Module):
             return out
         return F.silu(out).to(x.dtype)
 
-    def _plain_step(self, x: Tensor, incremental_state: IncrementalState, dtype: torch.dtype) -> bool:
+    def _plain_step(self, x: Tensor, state: Optional[Tensor], dtype: torch.dtype) -> bool:
         """Whether a decoding call is one token of an untruncated EMA whose saved state (if any) is
         ``B x D x N`` in ``dtype``; other calls go through :func:`multi_head_ema` and its checks."""
         if x.size(0) != 1 or self.window is not None:
             return False
-        state = self._get_input_buffer(incremental_state).get("prev_state")
         return state is None or (state.shape == (x.size(1), self.embed_dim, self.ndim) and state.dtype == dtype)
 
     @staticmethod

@@ -5,8 +5,8 @@ from torch import Tensor
 
 from .activations import get_activation_fn, silu
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
-from .sequence_norm import SequenceNorm
 from .layer_norm_linear import fusable_layer_norm, layer_norm_linear
+from .sequence_norm import SequenceNorm
 from .silu_linear import silu_linear
 
 
