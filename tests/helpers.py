@@ -1,13 +1,16 @@
 """Helpers shared by the test suite (the one module tests import from; conftest only wires pytest).
 
 - paths: ``REPO_ROOT``, ``FIXTURES_DIR``, ``REFERENCE_DIR`` (official fixtures), ``PLUGIN_DIR``;
-- ``run_cli``: run a fairseq command-line tool as a user would;
+- ``run_cli``: run a fairseq command-line tool as a user would; ``train_losses`` reads its log;
+  ``free_port`` and ``finish_all`` for runs of several processes (distributed training);
 - reference fixtures: ``load_fixture``, ``max_diff``, ``build_fixture_model`` and friends;
 - tiny made-up corpora (no downloads), deterministic from a seed.
 """
 import argparse
 import os
 import random
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +48,29 @@ def run_cli(tool: str, *args, stdin: str = None, cwd=None, env_extra=None, timeo
         raise CliError(f"{' '.join(cmd)}\nexit {proc.returncode}\n--- stdout (tail)\n"
                        f"{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}")
     return proc
+
+
+def train_losses(log: str) -> List[float]:
+    """The ``loss=`` values of fairseq-train's ``train_inner`` lines, in order."""
+    return [float(x) for x in re.findall(r"train_inner \|.* loss=([0-9.]+),", log)]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a distributed run's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finish_all(processes: List[subprocess.Popen], timeout: float) -> List[str]:
+    """Wait for each process (stdout piped, text mode) in turn; fail with its output's tail if one
+    exits non-zero. Returns their outputs, in order."""
+    logs = []
+    for process in processes:
+        out, _ = process.communicate(timeout=timeout)
+        assert process.returncode == 0, out[-4000:]
+        logs.append(out)
+    return logs
 
 
 def load_fixture(name: str):

@@ -1,14 +1,12 @@
 """Scale-out: ``fairseq-train --distributed-world-size 2`` on CPU (gloo) trains ``mega`` and
 matches one process with ``--update-freq 2`` (same batches per update, same loss)."""
 import os
-import re
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from helpers import BIN_DIR, PLUGIN_DIR, run_cli
+from helpers import BIN_DIR, PLUGIN_DIR, finish_all, free_port, run_cli, train_losses as losses
 from helpers import write_translation_corpus
 
 MODEL = ["--arch", "mega", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
@@ -18,16 +16,6 @@ MODEL = ["--arch", "mega", "--encoder-layers", "1", "--decoder-layers", "1", "--
          "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--seed", "7", "--cpu",
          "--log-format", "simple", "--log-interval", "1", "--no-progress-bar", "--num-workers", "0",
          "--no-save", "--disable-validation", "--required-batch-size-multiple", "1", "--user-dir", str(PLUGIN_DIR)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def losses(log: str):
-    return [float(x) for x in re.findall(r"train_inner \|.* loss=([0-9.]+),", log)]
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +60,7 @@ def test_two_gloo_workers_match_one_process_with_update_freq_2(data, single_proc
                "--ddp-backend", "legacy_ddp",
                "--distributed-init-method", "tcp://127.0.0.1:{}".format(port), "--device-id", "0"]
         workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
-    logs = []
-    for worker in workers:
-        out, _ = worker.communicate(timeout=300)
-        assert worker.returncode == 0, out[-4000:]
-        logs.append(out)
+    logs = finish_all(workers, timeout=300)
     assert "distributed init (rank 1)" in logs[0] + logs[1]
     distributed, one = losses(logs[0]), single_process_losses
     assert len(distributed) == len(one) == 6, (distributed, one)

@@ -20,8 +20,8 @@ import sys
 
 import pytest
 
-from e2e.test_translation_distributed import MODEL, data, free_port, losses  # noqa: F401 (data: fixture)
-from helpers import BIN_DIR, run_cli
+from e2e.test_translation_distributed import MODEL, data  # noqa: F401 (data: fixture)
+from helpers import BIN_DIR, finish_all, free_port, run_cli, train_losses as losses
 
 NODES, PROCS_PER_NODE = 2, 2
 WORLD_SIZE = NODES * PROCS_PER_NODE
@@ -46,11 +46,7 @@ def test_two_nodes_of_two_processes_match_one_process_with_update_freq_4(data, u
                "--master-port", str(port), str(BIN_DIR / "fairseq-train"), str(data), *MODEL,
                "--distributed-backend", "gloo"]
         nodes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
-    logs = []
-    for node in nodes:
-        out, _ = node.communicate(timeout=400)
-        assert node.returncode == 0, out[-4000:]
-        logs.append(out)
+    logs = finish_all(nodes, timeout=400)
     everything = "".join(logs)
     for rank in range(WORLD_SIZE):
         assert "distributed init (rank {})".format(rank) in everything, everything[-3000:]

@@ -1,18 +1,13 @@
 """``--checkpoint-activations`` from the command line: ``fairseq-train`` of ``mega_lm`` with dropout
 gives exactly the per-update losses of the same run without it (``mega`` reads the same field
 through the same decoder/encoder code: ``test_checkpoint_activations.py`` checks both in-process)."""
-import re
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, train_losses as losses
 from modules.test_compile_cli import TINY_LM, data as lm_data  # noqa: F401 (lm_data: fixture)
 
 WITH_DROPOUT = ["--dropout", "0.1", "--attention-dropout", "0.1", "--hidden-dropout", "0.1"]
-
-
-def losses(log: str):
-    return [float(x) for x in re.findall(r"train_inner \|.* loss=([0-9.]+),", log)]
 
 
 def train_both(*args):

@@ -1,12 +1,11 @@
 """``--compile-layers`` from the command line: ``fairseq-train`` compiles every Mega block
 (inductor, C++ on CPU) and trains with the same per-update losses as eager (dropout 0: compiled
 random numbers differ from eager ones by design)."""
-import re
 
 import pytest
 
 import mega_fairseq
-from helpers import run_cli, write_lm_corpus
+from helpers import run_cli, train_losses as losses, write_lm_corpus
 
 TINY_LM = ["--task", "language_modeling", "--arch", "mega_lm", "--decoder-layers", "1", "--decoder-embed-dim", "16",
            "--decoder-hidden-dim", "24", "--decoder-z-dim", "8", "--decoder-n-dim", "4", "--decoder-ffn-embed-dim",
@@ -16,10 +15,6 @@ TINY_LM = ["--task", "language_modeling", "--arch", "mega_lm", "--decoder-layers
            "--log-format", "simple", "--log-interval", "1", "--no-progress-bar", "--num-workers", "0",
            "--user-dir", mega_fairseq.USER_DIR]
 TOLERANCE = 1e-4  # losses printed with 3 decimals
-
-
-def losses(log: str):
-    return [float(x) for x in re.findall(r"train_inner \|.* loss=([0-9.]+),", log)]
 
 
 @pytest.fixture(scope="module")
