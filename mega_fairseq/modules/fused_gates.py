@@ -16,7 +16,8 @@ and k in one forward and, in the backward, writes every piece's gradient straigh
 of one ``base``-sized gradient; it hands out ``q`` and ``k`` already laid out Batch x Time (the
 layout the chunked attention views without copying) and r's pre-activation as a view.
 :class:`GatedAttentionProjection` applies both silu activations, the gate and ``h_proj`` and keeps
-only pre-activations (which live in the gate buffers and ``v_proj``'s output anyway) for its backward.
+only pre-activations (which live in the gate buffers and ``v_proj``'s output anyway) for its backward;
+it runs block by block in reused work buffers (:data:`CPU_BLOCK_TOKENS`).
 """
 
 from typing import Optional, Tuple
@@ -80,58 +81,60 @@ class GateSplit(torch.autograd.Function):
         base, gamma, u, z = ctx.saved_tensors
         embed_dim, zdim, hdim = ctx.sizes
         z_start, r_start, _ = _split_sizes(base, embed_dim, zdim, hdim)
+        grad_z_pre, grad_gamma, grad_beta = query_key_gradients(
+            grad_q, grad_k, base[..., z_start:r_start], z, gamma, ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         # one Time x Batch x (D + Z + H + D) buffer; each piece writes its own slice
         grad_base = torch.empty_like(base, memory_format=torch.contiguous_format)
-        grad_gamma, grad_beta = gate_gradients(
-            grad_base, (grad_u, grad_q, grad_k, grad_r_pre, grad_hx), u, base[..., z_start:r_start], z, gamma,
-            embed_dim, zdim, hdim, ctx.needs_input_grad[1], ctx.needs_input_grad[2],
-        )
+        write_gate_gradient(grad_base, grad_u, u, grad_z_pre, grad_r_pre, grad_hx, embed_dim, zdim)
         return grad_base, grad_gamma, grad_beta, None, None, None
 
 
-def gate_gradients(grad_base: Tensor, grads, u: Tensor, z_pre: Tensor, z: Tensor, gamma: Tensor, embed_dim: int,
-                   zdim: int, hdim: int, need_gamma: bool, need_beta: bool):
-    """Write the gradient of ``base`` from the gates' gradients; return ``(grad_gamma, grad_beta)``.
+def query_key_gradients(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, z: Tensor, gamma: Tensor,
+                        need_gamma: bool, need_beta: bool):
+    """``(grad_z_pre, grad_gamma, grad_beta)`` from the gradients of ``q = z * gamma[0] + beta[0]`` and
+    ``k = z * gamma[1] + beta[1]`` (each Batch x Time x Z or None), with ``z = silu(z_pre)``.
 
-    grad_base: the Time x Batch x (D + Z + H + D) buffer to fill (every element is written);
-    grads: ``(grad_u, grad_q, grad_k, grad_r_pre, grad_hx)``, each None or shaped like its gate
-    (q and k Batch x Time x Z); u: the update gate; z_pre, z: Time x Batch x Z before and after
-    its silu; gamma: 2 x Z. Shared by :class:`GateSplit` and the fused gate projection.
+    z_pre, z: Time x Batch x Z; gamma: 2 x Z. grad_z_pre is Time x Batch x Z contiguous, or None
+    when neither q nor k has a gradient (the gamma and beta gradients are then zero).
     """
-    grad_u, grad_q, grad_k, grad_r_pre, grad_hx = grads
-    z_start, r_start, hx_start = embed_dim, embed_dim + zdim, embed_dim + zdim + hdim
-    grad_u_slice = grad_base[..., :z_start]
-    if grad_u is None:
-        grad_u_slice.zero_()
-    else:
-        torch.ops.aten.sigmoid_backward.grad_input(grad_u, u, grad_input=grad_u_slice)
-
-    grad_gamma = grad_beta = None
-    grad_z_slice = grad_base[..., z_start:r_start]
     if grad_q is None and grad_k is None:
-        grad_z_slice.zero_()
-        if need_gamma:
-            grad_gamma = torch.zeros_like(gamma)
-        if need_beta:
-            grad_beta = torch.zeros_like(gamma)
-    else:
-        grad_q = torch.zeros_like(z.transpose(0, 1)) if grad_q is None else grad_q
-        grad_k = torch.zeros_like(z.transpose(0, 1)) if grad_k is None else grad_k
-        # Batch x Time x Z -> Time x Batch x Z views
-        grad_q_tb, grad_k_tb = grad_q.transpose(0, 1), grad_k.transpose(0, 1)
-        grad_z = torch.addcmul(grad_q_tb * gamma[0], grad_k_tb, gamma[1])
-        torch.ops.aten.silu_backward.grad_input(grad_z, z_pre, grad_input=grad_z_slice)
-        if need_gamma:
-            grad_gamma = torch.stack([(grad_q_tb * z).sum((0, 1)), (grad_k_tb * z).sum((0, 1))])
-        if need_beta:
-            grad_beta = torch.stack([grad_q.sum((0, 1)), grad_k.sum((0, 1))])
+        zeros = torch.zeros_like(gamma)
+        return None, (zeros if need_gamma else None), (torch.zeros_like(gamma) if need_beta else None)
+    grad_q = torch.zeros_like(z.transpose(0, 1)) if grad_q is None else grad_q
+    grad_k = torch.zeros_like(z.transpose(0, 1)) if grad_k is None else grad_k
+    # Batch x Time x Z -> Time x Batch x Z views
+    grad_q_tb, grad_k_tb = grad_q.transpose(0, 1), grad_k.transpose(0, 1)
+    grad_z = torch.mul(grad_q_tb, gamma[0], out=torch.empty_like(z, memory_format=torch.contiguous_format))
+    grad_z.addcmul_(grad_k_tb, gamma[1])
+    grad_z_pre = torch.ops.aten.silu_backward.grad_input(grad_z, z_pre, grad_input=grad_z)
+    grad_gamma = grad_beta = None
+    if need_gamma:
+        grad_gamma = torch.stack([(grad_q_tb * z).sum((0, 1)), (grad_k_tb * z).sum((0, 1))])
+    if need_beta:
+        grad_beta = torch.stack([grad_q.sum((0, 1)), grad_k.sum((0, 1))])
+    return grad_z_pre, grad_gamma, grad_beta
 
-    for grad, piece in ((grad_r_pre, grad_base[..., r_start:hx_start]), (grad_hx, grad_base[..., hx_start:])):
+
+def write_gate_gradient(out: Tensor, grad_u: Optional[Tensor], u: Tensor, grad_z_pre: Optional[Tensor],
+                        grad_r_pre: Optional[Tensor], grad_hx: Optional[Tensor], embed_dim: int, zdim: int):
+    """Write the gradient of (a run of time steps of) ``base`` into ``out``, every element.
+
+    out: Steps x Batch x (D + Z + H + D); the other arguments are the same steps of the gates'
+    gradients (None: no gradient), of ``u`` and of ``grad_z_pre`` (:func:`query_key_gradients`),
+    Steps x Batch x width with any strides.
+    """
+    z_start, r_start = embed_dim, embed_dim + zdim
+    hx_start = out.size(-1) - embed_dim
+    if grad_u is None:
+        out[..., :z_start].zero_()
+    else:
+        torch.ops.aten.sigmoid_backward.grad_input(grad_u, u, grad_input=out[..., :z_start])
+    for grad, piece in ((grad_z_pre, out[..., z_start:r_start]), (grad_r_pre, out[..., r_start:hx_start]),
+                        (grad_hx, out[..., hx_start:])):
         if grad is None:
             piece.zero_()
         else:
             piece.copy_(grad)
-    return grad_gamma, grad_beta
 
 
 def split_gates(base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int) -> GateTensors:
@@ -167,75 +170,152 @@ def attend_values(weights: Tensor, v: Tensor, seq_len: int) -> Tensor:
     return h.view(bsz, num_chunks * frame, -1)[:, :seq_len]
 
 
+#: tokens per block of :class:`GatedAttentionProjection` (and the gate projection's backward) on the
+#: CPU. The element-wise work and the chunk matmuls run block by block in a few block-sized work
+#: buffers, made once per call and reused by every block; whole Batch x Time x H temporaries are
+#: each mapped fresh by the allocator and zero-filled page by page by the kernel (at H=1024 and
+#: 8192 tokens, ~15 ms a buffer on one thread: more than the operation that writes it). Other
+#: devices take the whole batch as one block.
+CPU_BLOCK_TOKENS = 1024
+
+
+def block_tokens(device: torch.device, total: int) -> int:
+    """Tokens per block for tensors on ``device``: :data:`CPU_BLOCK_TOKENS` on the CPU, else ``total``."""
+    return CPU_BLOCK_TOKENS if device.type == "cpu" else max(1, total)
+
+
+class _ChunkBlocks:
+    """Blocks of whole attention chunks for :class:`GatedAttentionProjection`, with work buffers.
+
+    ``weights`` is Batch x Chunks x n x n over a sequence of ``seq_len`` tokens (the last chunk may
+    be partial). A block is one sequence's run of chunks, or several whole sequences when one
+    sequence (with no partial chunk) fits in a block. Buffers are flat and each block views the
+    front of them, Block sequences x Block frames x H.
+    """
+
+    def __init__(self, weights: Tensor, seq_len: int, hdim: int, count: int):
+        bsz, num_chunks, frame, _ = weights.shape
+        self.frame, self.seq_len, self.hdim = frame, seq_len, hdim
+        chunks = max(1, block_tokens(weights.device, bsz * num_chunks * frame) // frame)
+        if chunks >= num_chunks and num_chunks * frame == seq_len:
+            per = max(1, chunks // num_chunks)
+            self.ranges = [(slice(b, min(bsz, b + per)), slice(0, num_chunks)) for b in range(0, bsz, per)]
+        else:
+            per = min(chunks, num_chunks)
+            self.ranges = [(slice(b, b + 1), slice(c, min(num_chunks, c + per)))
+                           for b in range(bsz) for c in range(0, num_chunks, per)]
+        rows = max((s.stop - s.start) * (c.stop - c.start) for s, c in self.ranges) * frame
+        self.buffers = [weights.new_empty(rows * hdim) for _ in range(count)]
+
+    def __iter__(self):
+        """``(sequences, chunks, first, last)``: the slices of weights and the block's tokens first:last."""
+        for sequences, chunks in self.ranges:
+            yield sequences, chunks, chunks.start * self.frame, min(chunks.stop * self.frame, self.seq_len)
+
+    def buffer(self, index: int, sequences: slice, chunks: slice) -> Tensor:
+        """Work buffer ``index`` viewed Block sequences x (Block chunks * n) x H."""
+        shape = (sequences.stop - sequences.start, (chunks.stop - chunks.start) * self.frame, self.hdim)
+        return self.buffers[index][: shape[0] * shape[1] * shape[2]].view(shape)
+
+
+def _silu_padded(pre: Tensor, out: Tensor) -> Tensor:
+    """``silu(pre)`` into the front rows of ``out`` (S x P x H, pre S x P' x H with P' <= P); the rows
+    after them are zeroed (keys past the end: their weight is zero, a leftover NaN must not leak)."""
+    torch.ops.aten.silu.out(pre, out=out[:, : pre.size(1)])
+    out[:, pre.size(1):].zero_()
+    return out
+
+
+def _chunk_matmul(weights: Tensor, values: Tensor, out: Tensor, transpose: bool = False) -> Tensor:
+    """``weights @ values`` chunk by chunk (``weights^T`` with ``transpose``): weights S x K x n x n,
+    values and out S x (K n) x H."""
+    frames = weights.reshape(-1, weights.size(-2), weights.size(-1))
+    if transpose:
+        frames = frames.transpose(1, 2)
+    rows = out.view(frames.size(0), frames.size(-1), out.size(-1))
+    torch.bmm(frames, values.view(rows.shape), out=rows)
+    return out
+
+
 class GatedAttentionProjection(torch.autograd.Function):
     """``h = W_h ((weights @ silu(v_pre)) * silu(r_pre)) + b_h``, keeping only ``weights``, the
     pre-activations and ``W_h``.
 
     Plain autograd keeps ``silu(v_pre)``, the attention output, ``r = silu(r_pre)`` and the gated
-    product (``h_proj``'s input) alive until the backward. Here the product is formed in place in
-    the attention output and projected; the backward recomputes what it needs (one chunk-wise
-    matmul, ~2 n H flops a token, two silu and one product). v_pre and r_pre are kept alive by
-    ``v_proj`` / the gate split anyway, so nothing Batch x Time x H is stored for this step. The
-    backward uses explicit derivatives only (no nested autograd call), so it traces as one graph
-    under ``torch.compile``.
+    product (``h_proj``'s input) alive until the backward. Here the forward and the backward run
+    block by block (:class:`_ChunkBlocks`, :data:`CPU_BLOCK_TOKENS`): each block forms what it
+    needs in reused work buffers, and the backward recomputes it (one chunk-wise matmul, ~2 n H
+    flops a token, two silu and one product). v_pre and r_pre are kept alive by ``v_proj`` / the
+    gate split anyway, so nothing Batch x Time x H is stored for this step, and no Batch x Time x H
+    temporary is made. The backward uses explicit derivatives only (no nested autograd call).
 
     Shapes: weights Batch x Chunks x n x n; v_pre Batch x Time x H; r_pre Time x Batch x H;
-    weight D x H; bias D or None. Returns h Batch x Time x D.
+    weight D x H; bias D or None. Returns h Batch x Time x D. The gradient of r_pre is a
+    contiguous Time x Batch x H tensor.
     """
 
     @staticmethod
     def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor, weight: Tensor, bias: Optional[Tensor]):
-        v = F.silu(v_pre)
-        gated = attend_values(weights, v, v_pre.size(1))
-        # v's buffer (Batch x Time x H, like gated) takes r = silu(r_pre): one fresh buffer fewer
-        gated.mul_(torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=v))
-        del v
+        bsz, seq_len, hdim = v_pre.shape
+        out = v_pre.new_empty(bsz, seq_len, weight.size(0))
+        r_bt = r_pre.transpose(0, 1)
+        blocks = _ChunkBlocks(weights, seq_len, hdim, count=2)
+        for sequences, chunks, first, last in blocks:
+            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks))
+            attended = _chunk_matmul(weights[sequences, chunks], values, blocks.buffer(1, sequences, chunks))
+            # values' buffer takes r; the attention output becomes the gated product in place
+            gated = attended[:, : last - first]
+            gated.mul_(torch.ops.aten.silu.out(r_bt[sequences, first:last], out=values[:, : last - first]))
+            rows = out[sequences, first:last].view(-1, out.size(-1))
+            gated_rows = gated.reshape(-1, hdim)
+            if bias is None:
+                torch.mm(gated_rows, weight.t(), out=rows)
+            else:
+                torch.addmm(bias, gated_rows, weight.t(), out=rows)
         ctx.save_for_backward(weights, v_pre, r_pre, weight)
         ctx.has_bias = bias is not None
-        return F.linear(gated, weight, bias)
+        return out
 
     @staticmethod
     def backward(ctx, grad_h):
         weights, v_pre, r_pre, weight = ctx.saved_tensors
-        seq_len = v_pre.size(1)
-        bsz, num_chunks, frame, _ = weights.shape
-        grad_rows = grad_h.reshape(-1, grad_h.size(-1))
-        grad_bias = grad_rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        # the gated product's gradient, Batch x Time x H
-        grad_gated = grad_rows.mm(weight).view(bsz, seq_len, -1)
-        v = F.silu(v_pre)
-        attended = attend_values(weights, v, seq_len)
-        # r recomputed into a Batch x Time buffer; it first forms the gated product for W_h's
-        # gradient, then becomes the attention output's gradient in place
-        r_bt = torch.ops.aten.silu.out(r_pre.transpose(0, 1), out=torch.empty_like(grad_gated))
-        grad_weight = None
-        if ctx.needs_input_grad[3]:
-            gated = attended * r_bt
-            grad_weight = grad_rows.t().mm(gated.view(-1, gated.size(-1)))
-            del gated
-        grad_attended = r_bt.mul_(grad_gated)
-        grad_r_pre = None
-        if ctx.needs_input_grad[2]:
-            # the recomputed attention output becomes r's gradient, then r_pre's, in place
-            grad_r = attended.mul_(grad_gated).transpose(0, 1)
-            grad_r_pre = torch.ops.aten.silu_backward.grad_input(grad_r, r_pre, grad_input=grad_r)
-        del attended, grad_gated
-        extra = num_chunks * frame - seq_len
-        if extra > 0:
-            grad_attended = F.pad(grad_attended, (0, 0, 0, extra))
-            v = F.pad(v, (0, 0, 0, extra))
-        grad_attended = grad_attended.reshape(bsz, num_chunks, frame, -1)
-        v = v.reshape(bsz, num_chunks, frame, -1)
-        grad_weights = None
-        if ctx.needs_input_grad[0]:
-            grad_weights = torch.matmul(grad_attended, v.transpose(-1, -2))
-        grad_v_pre = None
-        if ctx.needs_input_grad[1]:
-            # v is no longer needed: its buffer takes the values' gradient, which then turns into
-            # v_pre's gradient in place (fewer fresh Batch x Time x H buffers)
-            grad_v = torch.matmul(weights.transpose(-1, -2), grad_attended, out=v)
-            grad_v = grad_v.view(bsz, num_chunks * frame, -1)[:, :seq_len]
-            grad_v_pre = torch.ops.aten.silu_backward.grad_input(grad_v, v_pre, grad_input=grad_v)
+        bsz, seq_len, hdim = v_pre.shape
+        need_weights, need_v, need_r, need_weight = ctx.needs_input_grad[:4]
+        grad_bias = grad_h.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        grad_weights = torch.empty_like(weights, memory_format=torch.contiguous_format) if need_weights else None
+        grad_v_pre = torch.empty_like(v_pre, memory_format=torch.contiguous_format) if need_v else None
+        grad_r_pre = r_pre.new_empty(r_pre.shape) if need_r else None
+        grad_weight = weight.new_zeros(weight.shape) if need_weight else None
+        r_bt = r_pre.transpose(0, 1)
+        blocks = _ChunkBlocks(weights, seq_len, hdim, count=5 if need_weight else 4)
+        for sequences, chunks, first, last in blocks:
+            count = last - first
+            block_weights = weights[sequences, chunks]
+            grad_rows = grad_h[sequences, first:last].reshape(-1, grad_h.size(-1))
+            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks))
+            attended = _chunk_matmul(block_weights, values, blocks.buffer(1, sequences, chunks))[:, :count]
+            # the gated product's gradient; rows past the end stay zero (they feed the chunk matmuls)
+            grad_attended = blocks.buffer(2, sequences, chunks)
+            grad_attended[:, count:].zero_()
+            grad_gated = grad_attended[:, :count]
+            torch.mm(grad_rows, weight, out=grad_gated.view(-1, hdim))
+            reset = torch.ops.aten.silu.out(r_bt[sequences, first:last], out=blocks.buffer(3, sequences, chunks)[:, :count])
+            if need_weight:
+                gated = torch.mul(attended, reset, out=blocks.buffer(4, sequences, chunks)[:, :count])
+                grad_weight.addmm_(grad_rows.t(), gated.view(-1, hdim))
+            if need_r:
+                grad_r = attended.mul_(grad_gated)  # the attention output is not needed any more
+                torch.ops.aten.silu_backward.grad_input(
+                    grad_r, r_bt[sequences, first:last], grad_input=grad_r_pre.transpose(0, 1)[sequences, first:last])
+            grad_gated.mul_(reset)  # now the attention output's gradient
+            if need_weights:
+                frames = grad_weights[sequences, chunks].view(-1, blocks.frame, blocks.frame)
+                torch.bmm(grad_attended.view(frames.size(0), blocks.frame, hdim),
+                          values.view(frames.size(0), blocks.frame, hdim).transpose(1, 2), out=frames)
+            if need_v:
+                grad_values = _chunk_matmul(block_weights, grad_attended, blocks.buffer(1, sequences, chunks), transpose=True)
+                torch.ops.aten.silu_backward.grad_input(
+                    grad_values[:, :count], v_pre[sequences, first:last], grad_input=grad_v_pre[sequences, first:last])
         return grad_weights, grad_v_pre, grad_r_pre, grad_weight, grad_bias
 
 

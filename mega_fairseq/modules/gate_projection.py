@@ -12,7 +12,9 @@ projection as three GEMMs into separate buffers (``u``, ``[z | r_pre]``, ``hx``)
 freed as soon as the output gate has used it, and keeps only ``e``, ``u`` and ``[z | r_pre]``:
 ``mx`` and ``z`` are recomputed in the backward (one silu over ``D`` and ``Z`` values a token).
 That is ``2 D + Z`` fewer values per token kept for the backward (1,088 of 2,432 at d=512, z=128,
-h=1024), and one ``base``-sized buffer fewer in the forward.
+h=1024), and one ``base``-sized buffer fewer in the forward. The backward forms the gradient of
+``base`` a run of time steps at a time in one reused buffer
+(:data:`~.fused_gates.CPU_BLOCK_TOKENS` tokens on the CPU), not as one ``base``-sized tensor.
 """
 
 from typing import Optional, Tuple
@@ -21,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused_gates import GateTensors, _batch_first_query_key, gate_gradients
+from .fused_gates import (
+    GateTensors,
+    _batch_first_query_key,
+    block_tokens,
+    query_key_gradients,
+    write_gate_gradient,
+)
 
 
 class GateProjection(torch.autograd.Function):
@@ -56,21 +64,34 @@ class GateProjection(torch.autograd.Function):
         ema_pre, weight, u, zr, gamma = ctx.saved_tensors
         embed_dim, zdim, hdim = ctx.sizes
         seq_len, bsz, _ = ema_pre.shape
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         z_pre = zr[:, :zdim].view(seq_len, bsz, zdim)
-        grad_base = ema_pre.new_empty(seq_len, bsz, weight.size(0))
-        grad_gamma, grad_beta = gate_gradients(
-            grad_base, (grad_u, grad_q, grad_k, grad_r_pre, grad_hx), u, z_pre, F.silu(z_pre), gamma,
-            embed_dim, zdim, hdim, ctx.needs_input_grad[3], ctx.needs_input_grad[4],
-        )
-        grad_rows = grad_base.view(seq_len * bsz, -1)
-        grad_weight = grad_bias = grad_ema_pre = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = grad_rows.t().mm(F.silu(ema_pre).reshape(seq_len * bsz, embed_dim))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_rows.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_mx = grad_rows.mm(weight).view(seq_len, bsz, embed_dim)
-            grad_ema_pre = torch.ops.aten.silu_backward.grad_input(grad_mx, ema_pre, grad_input=grad_mx)
+        grad_z_pre, grad_gamma, grad_beta = query_key_gradients(
+            grad_q, grad_k, z_pre, F.silu(z_pre), gamma, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+        grads = (grad_u, u, grad_z_pre, grad_r_pre, grad_hx)
+        grad_ema_pre = torch.empty_like(ema_pre, memory_format=torch.contiguous_format) if need_input else None
+        grad_weight = weight.new_zeros(weight.shape) if need_weight else None
+        grad_bias = weight.new_zeros(weight.size(0)) if ctx.has_bias and need_bias else None
+        # the gradient of base = mx_proj(mx), a run of time steps at a time in one reused buffer
+        # (see block_tokens); the gates' gradients are read with whatever strides they have
+        steps = max(1, min(block_tokens(ema_pre.device, seq_len * bsz) // bsz, seq_len))
+        grad_buffer = ema_pre.new_empty(steps * bsz * weight.size(0))
+        mx_buffer = ema_pre.new_empty(steps * bsz * embed_dim) if need_weight else None
+        for start in range(0, seq_len, steps):
+            block = slice(start, min(seq_len, start + steps))
+            count = (block.stop - start) * bsz
+            grad_base = grad_buffer[: count * weight.size(0)].view(count, -1)
+            write_gate_gradient(grad_base.view(-1, bsz, weight.size(0)), *(None if t is None else t[block] for t in grads),
+                                embed_dim, zdim)
+            mx_pre = ema_pre[block].reshape(count, embed_dim)
+            if need_weight:
+                mx = torch.ops.aten.silu.out(mx_pre, out=mx_buffer[: count * embed_dim].view(count, embed_dim))
+                grad_weight.addmm_(grad_base.t(), mx)
+            if grad_bias is not None:
+                grad_bias.add_(grad_base.sum(0))
+            if need_input:
+                grad_mx = torch.mm(grad_base, weight, out=grad_ema_pre[block].view(count, embed_dim))
+                torch.ops.aten.silu_backward.grad_input(grad_mx, mx_pre, grad_input=grad_mx)
         return grad_ema_pre, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None
 
 

@@ -11,7 +11,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+from mega_fairseq.modules import fused_gates
 from mega_fairseq.modules import gated_attention_base as attention_base
 from mega_fairseq.modules import moving_average_gated_attention as mega_attention
 from mega_fairseq.modules.activations import laplace, silu
@@ -87,9 +90,18 @@ def test_gate_split_gradcheck_float64(used):
     assert torch.autograd.gradcheck(run, inputs())
 
 
+@pytest.fixture(params=[None, 1, 4, 7, 16], ids=lambda n: "block{}".format(n or "-default"))
+def cpu_block(request, monkeypatch):
+    """Runs a test with the fused functions' CPU blocks of this many tokens (default: one block
+    here; 1, 4, 7: many blocks, a block shorter than a chunk; 16: several sequences a block)."""
+    if request.param is not None:
+        monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("used", ["all", "u_hx", "q_k", "r_pre"])
-def test_gate_projection_gradcheck_and_values(used, with_bias):
+def test_gate_projection_gradcheck_and_values(used, with_bias, cpu_block):
     picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "r_pre": (3,)}[used]
     gen = torch.Generator().manual_seed(5)
     ema_pre = torch.randn(5, 3, D, generator=gen, dtype=torch.float64).requires_grad_(True)
@@ -123,9 +135,12 @@ def test_gate_split_rejects_a_wrong_width():
         split_gates(base[..., 1:], gamma, beta, D, Z, H)
 
 
+@pytest.mark.parametrize("block", [None, 4], ids=["block-default", "block4"])
 @pytest.mark.parametrize("chunk_size", [-1, 4])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_fused_layer_gradients_equal_plain_autograd(monkeypatch, chunk_size, bidirectional):
+def test_fused_layer_gradients_equal_plain_autograd(monkeypatch, chunk_size, bidirectional, block):
+    if block is not None:
+        monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", block)
     torch.manual_seed(3)
     layer = MovingAverageGatedAttention(8, 4, 12, 2, chunk_size=chunk_size, bidirectional=bidirectional,
                                         max_positions=16).double().train()
@@ -169,7 +184,7 @@ def values_inputs(seq_len, chunks, frame, seed=0, bias=True):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("seq_len,chunks,frame", [(8, 2, 4), (7, 2, 4), (5, 1, 5)])
-def test_gated_attention_projection_gradcheck_and_values(seq_len, chunks, frame, bias):
+def test_gated_attention_projection_gradcheck_and_values(seq_len, chunks, frame, bias, cpu_block):
     weights, v_pre, r, projection = values_inputs(seq_len, chunks, frame, bias=bias)
     fused = GatedAttentionProjection.apply(weights, v_pre, r, projection.weight, projection.bias)
     assert fused.shape == (2, seq_len, 4)
@@ -214,6 +229,53 @@ def test_layer_with_active_hidden_dropout_takes_the_plain_path_and_agrees():
     for got, expected in zip(*results):
         assert (got - expected).abs().max().item() < 1e-9
 
+
+
+class _NewTensorSizes(TorchDispatchMode):
+    """Records the element count of every tensor an op creates (outputs that share no input's storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
+                self.sizes.append(tensor.untyped_storage().nbytes() // tensor.element_size())
+        return out
+
+
+def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
+    """With CPU blocks of 16 tokens, the projection functions work in block-sized buffers: the only
+    tensors of Batch x Time x H elements or more they make are their outputs' gradients (v_pre's
+    and r_pre's; the gate projection's backward none). Whole-sequence temporaries (the previous
+    design: silu(v), the attention output, the gated product, mx_proj's output gradient) fail this."""
+    monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", 16)
+    bsz, seq_len, frame, dim, zdim, hdim = 2, 64, 8, 6, 4, 10
+    gen = torch.Generator().manual_seed(11)
+    weights = torch.rand(bsz, seq_len // frame, frame, frame, generator=gen).requires_grad_(True)
+    v_pre = torch.randn(bsz, seq_len, hdim, generator=gen).requires_grad_(True)
+    r_pre = torch.randn(seq_len, bsz, hdim, generator=gen).requires_grad_(True)
+    projection = torch.nn.Linear(hdim, dim)
+    whole = bsz * seq_len * hdim
+    with _NewTensorSizes() as forward:
+        out = GatedAttentionProjection.apply(weights, v_pre, r_pre, projection.weight, projection.bias)
+    grad_out = torch.randn(out.shape, generator=gen)
+    with _NewTensorSizes() as backward:
+        out.backward(grad_out)
+    assert [n for n in forward.sizes if n >= whole] == []
+    assert [n for n in backward.sizes if n >= whole] == [whole, whole]  # grad of v_pre, of r_pre
+
+    ema_pre = torch.randn(seq_len, bsz, dim, generator=gen).requires_grad_(True)
+    mx_proj = torch.nn.Linear(dim, 2 * dim + zdim + hdim)
+    gamma, beta = torch.randn(2, zdim).requires_grad_(True), torch.randn(2, zdim).requires_grad_(True)
+    gates = project_gates(ema_pre, mx_proj.weight, mx_proj.bias, gamma, beta, dim, zdim, hdim)
+    grads = [torch.randn(g.shape, generator=gen) for g in gates]
+    with _NewTensorSizes() as backward:
+        torch.autograd.backward(gates, grads)
+    assert [n for n in backward.sizes if n >= whole] == []
 
 
 @pytest.mark.parametrize("with_hx", [True, False])
