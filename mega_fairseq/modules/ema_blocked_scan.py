@@ -30,6 +30,8 @@ Layout: the input and the output are time-major, ``L x B x R`` (time, batch, row
 hold them); the in-block matmuls work on a channel-first copy cut into blocks, ``R x (B nb) x C``,
 made inside :class:`_BlocksTimesMatrix` and never kept for the backward (it is made again there
 from the input, which the caller keeps anyway). Coefficients are ``R x N``, states ``R x B x N``.
+Each row's EMA is independent: on the CPU a large input is scanned in groups of rows
+(:data:`CPU_GROUP_VALUES`), so that the temporaries stay a few MB each.
 
 Memory kept for the backward: besides the input, only the ``R x C x (C + N)`` matrices and the
 ``N``-dimensional block states (one value per ``C`` inputs): the state scan across blocks is one
@@ -250,6 +252,52 @@ def blocked_scan_ema(
         raise ValueError("blocked_scan_ema needs causal or anti_causal coefficients")
     if anti_causal is not None and (initial_state is not None or return_last_state):
         raise ValueError("initial_state and return_last_state are for the causal EMA only")
+    groups = _row_groups(x)
+    if groups > 1:
+        return _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, groups)
+    return _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state)
+
+
+#: on the CPU, rows are scanned in groups whose Time x Batch x Rows slab holds about this many
+#: values: the scan's temporaries (channel-first copies, block products, their gradients) are then
+#: a few MB each, which the allocator reuses, instead of whole-input-sized buffers that it maps
+#: fresh (and the kernel zero-fills page by page) every time
+CPU_GROUP_VALUES = 1 << 19
+
+
+def _row_groups(x: Tensor) -> int:
+    """How many row groups the scan of ``x`` (``L x B x R``) runs in: 1 off the CPU or for small inputs."""
+    if x.device.type != "cpu":
+        return 1
+    return max(1, min(x.size(2), x.numel() // CPU_GROUP_VALUES))
+
+
+def _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, groups):
+    """:func:`blocked_scan_ema` over ``groups`` groups of rows (each row's EMA is independent):
+    one split of the input and coefficients, one concatenation of the outputs."""
+    rows = x.size(2)
+    sizes = [rows // groups + (1 if i < rows % groups else 0) for i in range(groups)]
+
+    def split_rows(tensor, dim=0):
+        return [None] * groups if tensor is None else tensor.split(sizes, dim)
+
+    def split_direction(direction):
+        if direction is None:
+            return [None] * groups
+        return [EMARows(*parts) for parts in zip(*(split_rows(t) for t in direction))]
+
+    results = [
+        _scan(part, scan_block, c, a, s, return_last_state)
+        for part, c, a, s in zip(x.split(sizes, 2), split_direction(causal), split_direction(anti_causal),
+                                 split_rows(initial_state))
+    ]
+    if not return_last_state:
+        return torch.cat(results, dim=2)
+    return torch.cat([r[0] for r in results], dim=2), torch.cat([r[1] for r in results], dim=0)
+
+
+def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state):
+    """:func:`blocked_scan_ema` of all rows of ``x`` at once."""
     length, bsz, rows = x.shape
     num_blocks = -(-length // max(1, scan_block))
     # the fewest blocks of at most scan_block steps, all of one length: padding stays below one

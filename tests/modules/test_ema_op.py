@@ -15,6 +15,7 @@ to the official float64 fixtures.
 import pytest
 import torch
 
+from mega_fairseq.modules import ema_blocked_scan
 from mega_fairseq.modules.ema_layout import swap_time_and_channels
 from mega_fairseq.modules.ema_op import ALGORITHMS, multi_head_ema, pick_algorithm
 from mega_fairseq.modules.ema_reference import ema_reference
@@ -168,6 +169,19 @@ def test_long_prefill_hands_its_state_to_decoding(window):
 def test_blocked_scan_last_state_of_partial_last_block(length):
     """The last state is exact whether the last block is full or partial (padded inside the scan)."""
     check_streaming([length], 1, 4, 2, None, scan_block=64, seed=length, with_initial_state=True)
+
+
+@pytest.mark.parametrize("group_values", [1, 300], ids=["a-row-a-group", "uneven-groups"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_blocked_scan_in_row_groups_equals_reference(monkeypatch, group_values, bidirectional):
+    """On the CPU a large input is scanned in groups of rows (``CPU_GROUP_VALUES`` values a group):
+    here one row a group, or 5 rows in groups of 2, 2, 1; whole sequences (also windowed) and a
+    prefill with its initial and last state continued by decoding steps."""
+    monkeypatch.setattr(ema_blocked_scan, "CPU_GROUP_VALUES", group_values)
+    check_whole_sequence(100, 2, 5, 2, bidirectional, None, [("blocked_scan", 16)], seed=3)
+    check_whole_sequence(100, 2, 5, 2, bidirectional, 7, [("blocked_scan", 16)], seed=5)
+    if not bidirectional:
+        check_streaming([60, 1, 7], 2, 5, 2, None, scan_block=16, seed=4)
 
 
 # ---------------------------------------------------------------------- edge cases
