@@ -38,6 +38,7 @@ Memory kept for the backward: besides the input, only the ``R x C x (C + N)`` ma
 autograd function (:class:`_BlockStateScan`) that keeps its output, not each doubling step.
 """
 
+import functools
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -47,6 +48,7 @@ from torch import Tensor
 from .ema_kernel import ema_kernel, geometric_powers
 from .ema_layout import _swap_time_and_channels, swap_time_and_channels
 from .ema_toeplitz import lag_table
+from .recomputed_activations import recompute_on_backward
 from .toeplitz_matrix import sum_lag_diagonals, toeplitz_from_lags
 
 
@@ -225,6 +227,52 @@ def _blocks_times_matrix(x: Tensor, num_blocks: int, block: int, causal: Optiona
     return torch.bmm(_channel_blocks(x, num_blocks, block), _block_matrix(block, causal, anti_causal, with_projections))
 
 
+class _ScaledPowers(torch.autograd.Function):
+    """``gamma q^(t+1)`` for ``t < C``, ``R x N x C``, from gamma and log q (``R x N``), keeping only
+    those two for the backward (autograd through ``exp`` would keep the ``R x N x C`` powers)."""
+
+    @staticmethod
+    def forward(ctx, gamma: Tensor, log_q: Tensor, block: int) -> Tensor:
+        ctx.block = block
+        ctx.save_for_backward(gamma, log_q)
+        return gamma.unsqueeze(-1) * geometric_powers(log_q, 1, block)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        gamma, log_q = ctx.saved_tensors
+        weighted = grad * geometric_powers(log_q, 1, ctx.block)  # g q^(t+1)
+        exponents = torch.arange(1, ctx.block + 1, device=grad.device, dtype=grad.dtype)
+        grad_gamma = weighted.sum(-1) if ctx.needs_input_grad[0] else None
+        grad_log_q = gamma * (weighted * exponents).sum(-1) if ctx.needs_input_grad[1] else None
+        return grad_gamma, grad_log_q, None
+
+
+def _scaled_powers(gamma: Tensor, log_q: Tensor, block: int) -> Tensor:
+    """``gamma[..., None] * q^(1..C)``, ``R x N x C`` (see :class:`_ScaledPowers`)."""
+    if torch.is_grad_enabled() and (gamma.requires_grad or log_q.requires_grad):
+        return _ScaledPowers.apply(gamma, log_q, block)
+    return gamma.unsqueeze(-1) * geometric_powers(log_q, 1, block)
+
+
+def _read_out(causal: Optional[EMARows], anti_causal: Optional[EMARows], block: int) -> Tensor:
+    """How a carried state enters each step of a block, ``R x N' x C`` (the directions' N rows
+    stacked): from the block before ``gamma q^(t+1)`` (causal), from the block after ``gamma
+    q^(C-t)`` (anti-causal). In a recompute scope it is not kept for the backward: it is remade from
+    the ``R x N`` coefficients."""
+    pieces = []
+    for rows, flip in ((causal, False), (anti_causal, True)):
+        if rows is None:
+            continue
+        scaled = _scaled_powers(rows.gamma, rows.log_q, block)
+        pieces.append(scaled.flip(-1) if flip else scaled)
+    read_out = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+    return recompute_on_backward(read_out, functools.partial(_read_out, _detached(causal), _detached(anti_causal), block))
+
+
+def _detached(rows: Optional[EMARows]) -> Optional[EMARows]:
+    return None if rows is None else EMARows(*(t.detach() for t in rows))
+
+
 def blocked_scan_ema(
     x: Tensor,
     scan_block: int,
@@ -313,11 +361,7 @@ def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state):
     # end: causal; to its start: anti-causal) in one matmul: R x (B nb) x (C + N [+ N])
     product = _blocks_times_matrix(x, num_blocks, block, causal, anti_causal, with_projections=True)
     own = product[..., block:].reshape(rows, bsz, num_blocks, -1)
-    read_outs = []  # how a carried state enters each step of a block: R x N x C
-    if causal is not None:  # from the block before: gamma q^(t+1)
-        read_outs.append(causal.gamma.unsqueeze(-1) * geometric_powers(causal.log_q, 1, block))
-    if anti_causal is not None:  # from the block after: gamma q^(C-t)
-        read_outs.append(anti_causal.gamma.unsqueeze(-1) * geometric_powers(anti_causal.log_q, 1, block).flip(-1))
+    read_out = _read_out(causal, anti_causal, block)
 
     carried = []  # the state each block receives from the others, R x B x nb x N per direction
     if causal is not None:
@@ -337,7 +381,6 @@ def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state):
         states_anti = _doubling_scan(own_anti.flip(2), anti_causal.log_q, block).flip(2)
         carried.append(F.pad(states_anti[:, :, 1:], (0, 0, 0, 1)))
     carried_all = torch.cat(carried, dim=-1) if len(carried) > 1 else carried[0]
-    read_out = torch.cat(read_outs, dim=1) if len(read_outs) > 1 else read_outs[0]
     out = torch.baddbmm(product[..., :block], carried_all.reshape(rows, bsz * num_blocks, -1), read_out)
     out = swap_time_and_channels(out.view(rows, bsz, padded))[:length]  # L x B x R
     if not return_last_state:

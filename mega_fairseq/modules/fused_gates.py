@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import silu
-from .fusion_guard import fused_autograd_applies, plain_module
+from .fusion_guard import compiling, fused_autograd_applies, plain_module
 
 GateTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -233,7 +233,7 @@ def _chunk_matmul(weights: Tensor, values: Tensor, out: Tensor, transpose: bool 
     if transpose:
         frames = frames.transpose(1, 2)
     rows = out.view(frames.size(0), frames.size(-1), out.size(-1))
-    torch.bmm(frames, values.view(rows.shape), out=rows)
+    torch.bmm(frames, values.reshape(rows.shape), out=rows)
     return out
 
 
@@ -302,7 +302,7 @@ class GatedAttentionProjection(torch.autograd.Function):
             reset = torch.ops.aten.silu.out(r_bt[sequences, first:last], out=blocks.buffer(3, sequences, chunks)[:, :count])
             if need_weight:
                 gated = torch.mul(attended, reset, out=blocks.buffer(4, sequences, chunks)[:, :count])
-                grad_weight.addmm_(grad_rows.t(), gated.view(-1, hdim))
+                grad_weight.addmm_(grad_rows.t(), gated.reshape(-1, hdim))
             if need_r:
                 grad_r = attended.mul_(grad_gated)  # the attention output is not needed any more
                 torch.ops.aten.silu_backward.grad_input(
@@ -310,8 +310,8 @@ class GatedAttentionProjection(torch.autograd.Function):
             grad_gated.mul_(reset)  # now the attention output's gradient
             if need_weights:
                 frames = grad_weights[sequences, chunks].view(-1, blocks.frame, blocks.frame)
-                torch.bmm(grad_attended.view(frames.size(0), blocks.frame, hdim),
-                          values.view(frames.size(0), blocks.frame, hdim).transpose(1, 2), out=frames)
+                torch.bmm(grad_attended.reshape(frames.size(0), blocks.frame, hdim),
+                          values.reshape(frames.size(0), blocks.frame, hdim).transpose(1, 2), out=frames)
             if need_v:
                 grad_values = _chunk_matmul(block_weights, grad_attended, blocks.buffer(1, sequences, chunks), transpose=True)
                 torch.ops.aten.silu_backward.grad_input(
@@ -329,9 +329,10 @@ def gated_attention_projection(weights: Tensor, v_pre: Tensor, r_pre: Tensor, ac
         activation: the element-wise value activation.
         projection: ``h_proj`` (H -> D). With ``silu`` (Mega's default), a plain ``nn.Linear``
             without hooks and gradients needed, :class:`GatedAttentionProjection` runs; otherwise
-            the same value comes from plain ops.
+            (or under torch.compile, which fuses the plain ops itself) the same value comes from
+            plain ops.
     """
-    if activation is silu and plain_module(projection, torch.nn.Linear):
+    if activation is silu and plain_module(projection, torch.nn.Linear) and not compiling():
         if fused_autograd_applies(weights, v_pre, r_pre, projection.weight, projection.bias):
             return GatedAttentionProjection.apply(weights, v_pre, r_pre, projection.weight, projection.bias)
     return projection(attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1))

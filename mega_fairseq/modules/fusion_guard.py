@@ -26,3 +26,9 @@ def fused_autograd_applies(*tensors: Optional[Tensor]) -> bool:
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in present):
         return False
     return not torch.is_autocast_enabled(present[0].device.type) and len({t.dtype for t in present}) == 1
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the caller (never on torch versions without it)."""
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and compiler.is_compiling()

@@ -17,6 +17,7 @@ h=1024), and one ``base``-sized buffer fewer in the forward. The backward forms 
 (:data:`~.fused_gates.CPU_BLOCK_TOKENS` tokens on the CPU), not as one ``base``-sized tensor.
 """
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -30,6 +31,7 @@ from .fused_gates import (
     query_key_gradients,
     write_gate_gradient,
 )
+from .recomputed_activations import recompute_on_backward
 
 
 class GateProjection(torch.autograd.Function):
@@ -54,6 +56,9 @@ class GateProjection(torch.autograd.Function):
         del rows
         z = F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim)
         q, k = _batch_first_query_key(z, gamma, beta)
+        # q and k are not kept by the attention's score matmul: remade from the kept [z | r_pre]
+        for index, tensor in enumerate((q, k)):
+            recompute_on_backward(tensor, functools.partial(_query_or_key, zr, gamma, beta, index, seq_len, bsz, zdim))
         ctx.sizes = (embed_dim, zdim, hdim)
         ctx.has_bias = bias is not None
         ctx.save_for_backward(ema_pre, weight, u, zr, gamma)
@@ -93,6 +98,12 @@ class GateProjection(torch.autograd.Function):
                 grad_mx = torch.mm(grad_base, weight, out=grad_ema_pre[block].view(count, embed_dim))
                 torch.ops.aten.silu_backward.grad_input(grad_mx, mx_pre, grad_input=grad_mx)
         return grad_ema_pre, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None
+
+
+def _query_or_key(zr: Tensor, gamma: Tensor, beta: Tensor, index: int, seq_len: int, bsz: int, zdim: int) -> Tensor:
+    """q (``index`` 0) or k (1), Batch x Time x Z, from the ``[z | r_pre]`` buffer ((T B) x (Z + H))."""
+    z_bt = F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim).transpose(0, 1)
+    return torch.addcmul(beta[index], z_bt, gamma[index], out=zr.new_empty(bsz, seq_len, zdim))
 
 
 def project_gates(ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,

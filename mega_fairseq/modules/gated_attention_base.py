@@ -15,6 +15,7 @@ from .activations import check_attention_activation, get_activation_fn, silu
 from .attention_state import CachedAttentionState
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
 from .fused_gates import gated_output
+from .recomputed_activations import recompute_on_backward
 from .sequence_norm import SequenceNorm
 
 
@@ -58,6 +59,17 @@ class GatedAttentionBase(CachedAttentionState, nn.Module):
 
         self.prenorm = prenorm
         self.norm = SequenceNorm(norm_type, embed_dim, affine=norm_affine, export=export)
+
+    def _pre_norm(self, x: Tensor) -> Tensor:
+        """``norm(x)`` before the attention. Inside a :func:`~.recomputed_activations.recompute_scope`
+        a stateless norm's output (layer, RMS or scale norm, without hooks) is not kept for the
+        backward: it is made again there from x (kept anyway) and the norm's parameters."""
+        normed = self.norm(x)
+        norm = self.norm
+        stateless = norm.norm_type in ("layernorm", "rmsnorm", "scalenorm")
+        if stateless and not any(m._forward_hooks or m._forward_pre_hooks for m in norm.modules()):
+            recompute_on_backward(normed, lambda: norm(x))
+        return normed
 
     @staticmethod
     def _finite_at_pads(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:

@@ -13,9 +13,10 @@ from .attention_weights import attention_weights, causal_attention_mask
 from .batch_first_linear import batch_first_linear
 from .exponential_moving_average import MultiHeadEMA
 from .fused_gates import attend_values, gated_attention_projection, split_gates
-from .fusion_guard import fused_autograd_applies, plain_module
+from .fusion_guard import compiling, fused_autograd_applies, plain_module
 from .gate_projection import project_gates
 from .gated_attention_base import GatedAttentionBase
+from .recomputed_activations import recompute_scope
 from .relative_positional_bias import build_relative_positional_bias
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
@@ -143,9 +144,18 @@ class MovingAverageGatedAttention(GatedAttentionBase):
             saved_state = self._get_input_buffer(incremental_state)
 
         x = self._finite_at_pads(x, padding_mask)
+        # training: the normed input, q, k and the EMA's decay powers are made again in the backward
+        # from tensors kept anyway, not kept (recomputed_activations)
+        arguments = (x, padding_mask, incremental_state, saved_state, need_weights, attn_mask, before_attn_fn)
+        if saved_state is None and not compiling() and fused_autograd_applies(x, self.v_proj.weight):
+            with recompute_scope():
+                return self._forward(*arguments)
+        return self._forward(*arguments)
+
+    def _forward(self, x, padding_mask, incremental_state, saved_state, need_weights, attn_mask, before_attn_fn):
         residual = x
         if self.prenorm:
-            x = self.norm(x)
+            x = self._pre_norm(x)
 
         # v_proj reads the normed input as Batch x Time, so v comes out Batch x Time x H: the layout
         # the chunked attention views (Batch x Chunks x ChunkLen x H) without copying it

@@ -2,9 +2,10 @@
 
 Training memory is mostly what autograd keeps between the forward and the backward. The layer's
 fused functions (``GateProjection``, ``GatedAttentionProjection``, ``GatedOutput`` and the EMA's
-block functions in ``ema_blocked_scan``) keep, per token, only the input and its norm, the EMA
-pre-activation, the update gate, ``[z | r_pre]``, q and k, one chunk row of attention weights,
-``v_pre`` and the output gate's pre-activation; nothing whose size depends on the EMA's block
+block functions in ``ema_blocked_scan``) keep, per token, only the input, the EMA
+pre-activation, the update gate, ``[z | r_pre]``, one chunk row of attention weights,
+``v_pre`` and the output gate's pre-activation (the normed input, q and k are remade in the
+backward: ``recomputed_activations``); nothing whose size depends on the EMA's block
 length or grows with the number of blocks beyond the block states. These tests count the bytes
 of every tensor saved during a forward (each storage once) with ``saved_tensors_hooks``, at two
 lengths, and bound the growth per token; the pre-redesign layer (and any one of the fused
@@ -53,19 +54,35 @@ def floats_per_token(bidirectional=False):
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_layer_keeps_only_what_its_backward_needs(bidirectional):
-    """Per token: x, norm(x) (and the norm's mean and 1/std), the EMA pre-activation, u, [z | r_pre],
-    q, k, a row of chunk weights, v_pre and the output's pre-activation, plus the EMA's block states
-    (the block-end states and the states carried into each block: D x N each per block of 64, per
-    direction).
+    """Per token: x (and the norm's mean and 1/std), the EMA pre-activation, u, [z | r_pre], a row
+    of chunk weights, v_pre and the output's pre-activation, plus the EMA's block states (the
+    block-end states and the states carried into each block: D x N each per block of 64, per
+    direction). The normed input, q and k are remade in the backward (recomputed_activations).
 
     The layer before the fused projection functions kept also mx, the whole mx_proj output
     (2D + Z + H), the gated product (H), the EMA's channel-first copy (D) and v_proj's copy of its
-    input (D): 168 floats a token more here."""
+    input (D): 168 floats a token more here; before the recompute scope, norm(x), q and k: 32 more."""
     directions = 2 if bidirectional else 1
-    expected = 5 * D + 2 + (Z + H) + 2 * Z + CHUNK + H
+    expected = 4 * D + 2 + (Z + H) + CHUNK + H
     block_states = 2 * directions * D * N / 64
     got = floats_per_token(bidirectional)
     assert got <= expected + block_states, (got, expected + block_states)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_layer_keeps_nothing_of_the_ema_block_size(bidirectional):
+    """Beyond what grows with the length, the layer keeps only small things (the chunk's positional
+    bias, the EMA's D x N coefficients): no D x N x C table of the EMA's decay powers (how a carried
+    state enters a block), which autograd through exp and the read-out product would keep twice."""
+    torch.manual_seed(0)
+    layer = MovingAverageGatedAttention(D, Z, H, N, chunk_size=CHUNK, bidirectional=bidirectional,
+                                        max_positions=4096).train()
+    layer.move.conv_algorithm = "blocked_scan"
+    short, long = 512, 2048
+    first, second = saved_bytes(layer, short, bidirectional=bidirectional), saved_bytes(layer, long, bidirectional=bidirectional)
+    fixed = first - (second - first) / (long - short) * short
+    powers_table = D * N * 64 * 4  # bytes of one D x N x C float32 table, C = 64
+    assert fixed < powers_table / 2, (fixed, powers_table)
 
 
 def training_run(layer, x, hook_calls=None):
