@@ -51,8 +51,9 @@ def load_baseline_ema_class(rev, directory):
     """``MultiHeadEMA`` as it was at ``rev``: its files written to ``directory`` as a package and imported."""
     listing = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-tree", "--name-only", "{}:{}".format(rev, MODULES_DIR)],
                              capture_output=True, text=True, check=True).stdout.split()
-    names = [n for n in listing if n == "exponential_moving_average.py" or n == "toeplitz_matrix.py"
-             or (n.startswith("ema_") and n.endswith(".py"))]
+    # the EMA's files and the helpers they import
+    helpers = ("exponential_moving_average.py", "toeplitz_matrix.py", "recomputed_activations.py", "fusion_guard.py")
+    names = [n for n in listing if n in helpers or (n.startswith("ema_") and n.endswith(".py"))]
     package = "ema_at_{}".format("".join(c if c.isalnum() else "_" for c in rev))
     (Path(directory) / package).mkdir()
     (Path(directory) / package / "__init__.py").write_text("")

@@ -20,6 +20,7 @@ only pre-activations (which live in the gate buffers and ``v_proj``'s output any
 it runs block by block in reused work buffers (:data:`CPU_BLOCK_TOKENS`).
 """
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from .activations import silu
 from .fusion_guard import compiling, fused_autograd_applies, plain_module
+from .recomputed_activations import recompute_on_backward
 
 GateTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -360,8 +362,9 @@ class GatedOutput(torch.autograd.Function):
         layout = torch.empty_like(attended, device="meta")
         ctx.attended_layout = (layout.shape, layout.stride())
         ctx.save_for_backward(residual, u, pre)
-        gated = F.silu(pre)
-        return torch.lerp(residual, gated, u, out=gated)
+        out = _gated_output_value(residual, pre, u)
+        # whoever keeps the output (the feed-forward network, a post-norm) gets it remade from these three
+        return recompute_on_backward(out, functools.partial(_gated_output_value, residual, pre, u))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -376,6 +379,12 @@ class GatedOutput(torch.autograd.Function):
         grad_pre = torch.empty_strided(shape, stride, dtype=pre.dtype, device=pre.device)
         torch.ops.aten.silu_backward.grad_input(grad_gated, pre, grad_input=grad_pre)
         return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
+
+
+def _gated_output_value(residual: Tensor, pre: Tensor, u: Tensor) -> Tensor:
+    """``lerp(residual, silu(pre), u)``, written into silu's buffer."""
+    gated = F.silu(pre)
+    return torch.lerp(residual, gated, u, out=gated)
 
 
 def gated_output(residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]) -> Tensor:

@@ -8,6 +8,7 @@ from torch import Tensor
 from .gated_cross_attention import GatedCrossAttention
 from .mega_encoder_layer import build_mega_attention, build_nffn
 from .mega_layer_config import MegaLayerConfig
+from .recomputed_activations import recompute_applies, recompute_scope
 
 
 class MegaDecoderLayer(nn.Module):
@@ -66,6 +67,17 @@ class MegaDecoderLayer(nn.Module):
             ``(x, attn, None)``: x is Tgt x Batch x D; attn is None without cross-attention or
             when not requested.
         """
+        if incremental_state is None and recompute_applies(x, self.mega_layer):
+            # training: tensors both sub-layers would keep and that are cheap to remake are remade
+            # in the backward (recomputed_activations), the attention's output among them
+            with recompute_scope():
+                return self._forward(x, encoder_out, encoder_padding_mask, incremental_state, attn_mask,
+                                     decoder_padding_mask, need_attn)
+        return self._forward(x, encoder_out, encoder_padding_mask, incremental_state, attn_mask,
+                             decoder_padding_mask, need_attn)
+
+    def _forward(self, x, encoder_out, encoder_padding_mask, incremental_state, attn_mask, decoder_padding_mask,
+                 need_attn):
         x, attn = self.mega_layer(
             x=x,
             padding_mask=decoder_padding_mask,

@@ -8,6 +8,7 @@ from torch import Tensor
 from .mega_layer_config import MegaLayerConfig
 from .moving_average_gated_attention import MovingAverageGatedAttention
 from .normalized_feedforward_network import NormalizedFeedForwardNetwork
+from .recomputed_activations import recompute_applies, recompute_scope
 
 
 class MegaEncoderLayer(nn.Module):
@@ -35,6 +36,14 @@ class MegaEncoderLayer(nn.Module):
 
         Returns Src x Batch x D (pad positions are not zeroed here; the encoder does it).
         """
+        if recompute_applies(x, self.mega_layer):
+            # training: the attention's output (which the feed-forward network would keep) and other
+            # cheap tensors are remade in the backward (recomputed_activations)
+            with recompute_scope():
+                return self._forward(x, encoder_padding_mask)
+        return self._forward(x, encoder_padding_mask)
+
+    def _forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor]) -> Tensor:
         x, _ = self.mega_layer(x, encoder_padding_mask)
         if self.nffn is not None:
             x = self.nffn(x)

@@ -13,10 +13,10 @@ from .attention_weights import attention_weights, causal_attention_mask
 from .batch_first_linear import batch_first_linear
 from .exponential_moving_average import MultiHeadEMA
 from .fused_gates import attend_values, gated_attention_projection, split_gates
-from .fusion_guard import compiling, fused_autograd_applies, plain_module
+from .fusion_guard import fused_autograd_applies, plain_module
 from .gate_projection import project_gates
 from .gated_attention_base import GatedAttentionBase
-from .recomputed_activations import recompute_scope
+from .recomputed_activations import recompute_applies, recompute_scope
 from .relative_positional_bias import build_relative_positional_bias
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
@@ -147,7 +147,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         # training: the normed input, q, k and the EMA's decay powers are made again in the backward
         # from tensors kept anyway, not kept (recomputed_activations)
         arguments = (x, padding_mask, incremental_state, saved_state, need_weights, attn_mask, before_attn_fn)
-        if saved_state is None and not compiling() and fused_autograd_applies(x, self.v_proj.weight):
+        if saved_state is None and recompute_applies(x, self):
             with recompute_scope():
                 return self._forward(*arguments)
         return self._forward(*arguments)

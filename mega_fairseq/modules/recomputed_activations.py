@@ -1,9 +1,10 @@
 """Saved activations that the backward recomputes instead of keeping (selective recomputation).
 
-Some tensors the Mega self-attention's backward needs are cheap to make again from tensors that
-are kept anyway: the normed input (from the layer input and the norm's parameters), the queries
-and keys (from the kept ``[z | r_pre]`` projection), the EMA's decay powers (from its ``R x N``
-coefficients). Inside :func:`recompute_scope`, a tensor registered with :func:`recompute_on_backward`
+Some tensors a Mega block's backward needs are cheap to make again from tensors that are kept
+anyway: the normed input (from the block input and the norm's parameters), the queries and keys
+(from the kept ``[z | r_pre]`` projection), the EMA's read-out table (from its ``R x N``
+coefficients), the attention's output (from its input, update gate and the output gate's
+pre-activation), which the feed-forward network would keep. Inside :func:`recompute_scope`, a tensor registered with :func:`recompute_on_backward`
 is not kept by any operation that saves it (or a view of it) for the backward: the saved entry
 holds only how to remake it, and the backward makes it once (the first time one of those entries
 is read), shares it among them and drops it after the last.
@@ -21,7 +22,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
-from .fusion_guard import compiling
+from .fusion_guard import compiling, fused_autograd_applies
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("mega_recompute_scope", default=None)
 
@@ -113,9 +114,12 @@ class _Scope:
 @contextlib.contextmanager
 def recompute_scope(enabled: bool = True):
     """Within this block, tensors registered with :func:`recompute_on_backward` are not kept for
-    the backward. Does nothing when ``enabled`` is False, gradients are off, or torch cannot
-    report the saved-tensor hooks already set. Not for code that torch.compile traces (a compiled
+    the backward (scopes opened inside it add to it). Does nothing when ``enabled`` is False,
+    gradients are off, or torch cannot report the saved-tensor hooks already set. Not for code that torch.compile traces (a compiled
     graph chooses what it keeps itself): callers check :func:`compiling` first."""
+    if _ACTIVE.get() is not None:  # inside a scope already (e.g. the block's around its attention)
+        yield
+        return
     known, outer = _outer_hooks() if enabled and torch.is_grad_enabled() else (False, None)
     if not known:
         yield
@@ -140,3 +144,9 @@ def recompute_on_backward(tensor: Tensor, make: Callable[[], Tensor]) -> Tensor:
     if scope is not None:
         scope.register(tensor, make)
     return tensor
+
+
+def recompute_applies(x: Tensor, attention) -> bool:
+    """Whether a block around ``attention`` (a Mega attention module, input ``x``) opens a
+    :func:`recompute_scope`: training with gradients, no autocast, one dtype, not under torch.compile."""
+    return not compiling() and fused_autograd_applies(x, attention.v_proj.weight)

@@ -14,6 +14,9 @@ import torch
 import torch.utils.checkpoint
 
 from mega_fairseq.modules import recomputed_activations
+from mega_fairseq.modules.mega_decoder_layer import MegaDecoderLayer
+from mega_fairseq.modules.mega_encoder_layer import MegaEncoderLayer
+from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
 from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
 from mega_fairseq.modules.recomputed_activations import recompute_on_backward, recompute_scope
 
@@ -119,3 +122,59 @@ def test_layer_under_checkpointing_keeps_its_gradients():
     x = torch.randn(40, 2, 8, dtype=torch.float64)
     for got, expected in zip(layer_run(layer, x, True, checkpoint=True), layer_run(layer, x, False)):
         assert (got - expected).abs().max().item() < 1e-12
+
+
+def block_config(**overrides):
+    values = dict(embed_dim=8, zdim=4, hdim=12, ndim=2, ffn_hidden_dim=10, chunk_size=4, truncation=None,
+                  max_positions=64, cross_max_positions=None, dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0,
+                  activation_dropout=0.0, feature_dropout=False, activation="silu", attention_activation="softmax",
+                  norm_type="layernorm", prenorm=True, rel_pos_bias="simple")
+    values.update(overrides)
+    return MegaLayerConfig(**values)
+
+
+def block_run(block, x, scope, count=None):
+    """Output and gradients of a block (decoder blocks causal); ``count`` collects the kept storages' bytes."""
+    block.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if count is not None and storage.data_ptr() not in params:
+            count[storage.data_ptr()] = storage.nbytes()
+        return tensor.detach()
+
+    original = recomputed_activations._outer_hooks
+    if not scope:
+        recomputed_activations._outer_hooks = lambda: (False, None)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            if isinstance(block, MegaDecoderLayer):
+                mask = torch.triu(torch.full((4, 4), float("-inf"), dtype=x.dtype), 1)
+                out = block(x, attn_mask=mask)[0]
+            else:
+                out = block(x, None)
+    finally:
+        recomputed_activations._outer_hooks = original
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return [out.detach(), x.grad] + [p.grad.clone() for p in block.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
+@pytest.mark.parametrize("prenorm", [True, False])
+def test_block_remakes_the_attention_output_and_stays_bit_identical(kind, prenorm):
+    """A block opens the scope around both sub-layers: the attention's output (which the
+    feed-forward network's norm, or the post-norm, would keep) is remade too, D floats a token."""
+    torch.manual_seed(4)
+    cls = MegaDecoderLayer if kind == "decoder" else MegaEncoderLayer
+    block = cls(block_config(prenorm=prenorm)).double().train()
+    x = torch.randn(40, 2, 8, dtype=torch.float64)
+    kept_with, kept_without = {}, {}
+    with_scope = block_run(block, x, True, kept_with)
+    without = block_run(block, x, False, kept_without)
+    for got, expected in zip(with_scope, without):
+        assert torch.equal(got, expected)
+    saved_floats_per_token = (sum(kept_without.values()) - sum(kept_with.values())) / 4 / 80 / 8  # x D
+    # normed input (pre-norm only), attention output, q and k (2 x 4 = one D)
+    assert saved_floats_per_token >= (3 if prenorm else 2) - 0.1
