@@ -306,18 +306,24 @@ def blocked_scan_ema(
     return _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state)
 
 
-#: on the CPU, rows are scanned in groups whose Time x Batch x Rows slab holds about this many
-#: values: the scan's temporaries (channel-first copies, block products, their gradients) are then
-#: a few MB each, which the allocator reuses, instead of whole-input-sized buffers that it maps
-#: fresh (and the kernel zero-fills page by page) every time
-CPU_GROUP_VALUES = 1 << 19
+#: on the CPU, rows are scanned in groups of about this many values (Time x Batch x Rows); None:
+#: a quarter of the input, kept within :data:`CPU_GROUP_RANGE`. The scan's temporaries
+#: (channel-first copies, block products, their gradients) are then a fraction of the input each,
+#: which the allocator reuses, instead of input-sized buffers that it maps fresh (and the kernel
+#: zero-fills page by page) every time; every group costs a few dozen small operations.
+CPU_GROUP_VALUES: Optional[int] = None
+CPU_GROUP_RANGE = (1 << 17, 1 << 19)
 
 
 def _row_groups(x: Tensor) -> int:
     """How many row groups the scan of ``x`` (``L x B x R``) runs in: 1 off the CPU or for small inputs."""
     if x.device.type != "cpu":
         return 1
-    return max(1, min(x.size(2), x.numel() // CPU_GROUP_VALUES))
+    values = CPU_GROUP_VALUES
+    if values is None:
+        low, high = CPU_GROUP_RANGE
+        values = min(max(x.numel() // 4, low), high)
+    return max(1, min(x.size(2), x.numel() // values))
 
 
 def _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, groups):

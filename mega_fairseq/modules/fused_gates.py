@@ -173,17 +173,25 @@ def attend_values(weights: Tensor, v: Tensor, seq_len: int) -> Tensor:
 
 
 #: tokens per block of :class:`GatedAttentionProjection` (and the gate projection's backward) on the
-#: CPU. The element-wise work and the chunk matmuls run block by block in a few block-sized work
-#: buffers, made once per call and reused by every block; whole Batch x Time x H temporaries are
-#: each mapped fresh by the allocator and zero-filled page by page by the kernel (at H=1024 and
-#: 8192 tokens, ~15 ms a buffer on one thread: more than the operation that writes it). Other
-#: devices take the whole batch as one block.
-CPU_BLOCK_TOKENS = 1024
+#: CPU; None: a quarter of the call's tokens, kept within :data:`CPU_BLOCK_RANGE`. The element-wise
+#: work and the chunk matmuls run block by block in a few block-sized work buffers, made once per
+#: call and reused by every block; whole Batch x Time x H temporaries are each mapped fresh by the
+#: allocator and zero-filled page by page by the kernel (at H=1024 and 8192 tokens, ~15 ms a buffer
+#: on one thread: more than the operation that writes it), and raise the peak memory. Each block
+#: repeats the GEMMs' packing of the weights, hence blocks of at least 512 tokens. Other devices
+#: take the whole batch as one block.
+CPU_BLOCK_TOKENS: Optional[int] = None
+CPU_BLOCK_RANGE = (512, 4096)
 
 
 def block_tokens(device: torch.device, total: int) -> int:
-    """Tokens per block for tensors on ``device``: :data:`CPU_BLOCK_TOKENS` on the CPU, else ``total``."""
-    return CPU_BLOCK_TOKENS if device.type == "cpu" else max(1, total)
+    """Tokens per block of a call over ``total`` tokens on ``device`` (see :data:`CPU_BLOCK_TOKENS`)."""
+    if device.type != "cpu":
+        return max(1, total)
+    if CPU_BLOCK_TOKENS is not None:
+        return CPU_BLOCK_TOKENS
+    low, high = CPU_BLOCK_RANGE
+    return min(max(total // 4, low), high)
 
 
 class _ChunkBlocks:

@@ -14,7 +14,7 @@ freed as soon as the output gate has used it, and keeps only ``e``, ``u`` and ``
 That is ``2 D + Z`` fewer values per token kept for the backward (1,088 of 2,432 at d=512, z=128,
 h=1024), and one ``base``-sized buffer fewer in the forward. The backward forms the gradient of
 ``base`` a run of time steps at a time in one reused buffer
-(:data:`~.fused_gates.CPU_BLOCK_TOKENS` tokens on the CPU), not as one ``base``-sized tensor.
+(:func:`~.fused_gates.block_tokens` tokens on the CPU), not as one ``base``-sized tensor.
 """
 
 import functools

@@ -282,3 +282,15 @@ def test_layout_swap_is_a_transpose_in_both_directions(shape):
     assert swapped.is_contiguous() and torch.equal(swapped, x.permute(2, 1, 0))
     assert torch.equal(swap_time_and_channels(swapped), x)
     assert torch.autograd.gradcheck(swap_time_and_channels, (x,))
+
+
+def test_row_groups_are_a_quarter_of_the_input_within_bounds():
+    from mega_fairseq.modules.ema_blocked_scan import _row_groups
+
+    def groups(length, bsz, rows, device="cpu"):
+        return _row_groups(torch.empty(length, bsz, rows, device=device))
+
+    assert groups(2048, 1, 256) == 4  # 2^19 values in groups of 2^17
+    assert groups(2048, 4, 512) == 8  # 2^22 values in groups of 2^19
+    assert groups(100, 2, 5) == 1  # small inputs: one group
+    assert groups(2048, 4, 512, device="meta") == 1

@@ -305,3 +305,13 @@ def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed):
     attended.register_hook(lambda grad: grad_holder.setdefault("grad", grad))
     gated_output(residual, attended, u, hx).sum().backward()
     assert grad_holder["grad"].stride() == attended.stride()
+
+
+def test_cpu_blocks_are_a_quarter_of_the_tokens_within_bounds():
+    """Blocks bound the temporaries to a fraction of the call's tensors and keep GEMMs long
+    enough to amortise packing the weights; other devices run one block."""
+    from mega_fairseq.modules.fused_gates import block_tokens
+
+    cpu = torch.device("cpu")
+    assert [block_tokens(cpu, n) for n in (100, 2048, 8192, 1 << 20)] == [512, 512, 2048, 4096]
+    assert block_tokens(torch.device("meta"), 8192) == 8192
