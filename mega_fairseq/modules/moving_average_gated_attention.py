@@ -322,9 +322,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
                 h = h[:, num_prev:]
         else:
             self.rel_pos_bias.check_length(total)
-            query_positions = torch.arange(num_prev, total, device=q.device)
-            key_positions = torch.arange(total, device=q.device)
-            bias = self.rel_pos_bias.for_positions(query_positions, key_positions, total).to(q.dtype)
+            bias = self.rel_pos_bias.for_step(num_prev, num_new, total).to(q.dtype)
             mask = None
             if num_new > 1:
                 mask = causal_attention_mask(num_new, total, num_prev, self.attention_activation, q)

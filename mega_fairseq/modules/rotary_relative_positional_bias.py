@@ -70,6 +70,13 @@ class RotaryRelativePositionalBias(nn.Module):
         positions = torch.arange(seq_len, device=self.alpha.device)
         return self.for_positions(positions, positions, seq_len)
 
+    def for_step(self, first: int, num_queries: int, num_keys: int) -> Tensor:
+        """Bias of queries at positions ``first, ..., first + num_queries - 1`` against keys at
+        ``0, ..., num_keys - 1``: ``(num_queries, num_keys)``."""
+        device = self.alpha.device
+        return self.for_positions(torch.arange(first, first + num_queries, device=device),
+                                  torch.arange(num_keys, device=device), num_keys)
+
     def for_positions(self, query_positions: Tensor, key_positions: Tensor, num_positions: Optional[int] = None) -> Tensor:
         """Bias for arbitrary non-negative positions: ``(..., Q)`` and ``(..., K)`` give ``(..., Q, K)``.
 

@@ -48,6 +48,17 @@ class SimpleRelativePositionalBias(nn.Module):
         lags = self.rel_pos_bias[center - (seq_len - 1): center + seq_len]
         return toeplitz_from_lags(lags.unsqueeze(0))[0]
 
+    def for_step(self, first: int, num_queries: int, num_keys: int) -> Tensor:
+        """Bias of queries at positions ``first, ..., first + num_queries - 1`` against keys at
+        ``0, ..., num_keys - 1`` (``num_keys <= max_positions``): ``(num_queries, num_keys)``. One query
+        (a decoding step) reads its row straight from the table (a view)."""
+        if num_queries == 1:
+            start = self.max_positions - 1 - first
+            return self.rel_pos_bias[start: start + num_keys].unsqueeze(0)
+        device = self.rel_pos_bias.device
+        return self.for_positions(torch.arange(first, first + num_queries, device=device),
+                                  torch.arange(num_keys, device=device))
+
     def for_positions(self, query_positions: Tensor, key_positions: Tensor, num_positions: Optional[int] = None) -> Tensor:
         """Bias for arbitrary integer positions.
 

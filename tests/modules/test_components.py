@@ -68,6 +68,18 @@ def test_simple_bias_indexes_relative_distance():
     assert torch.equal(offset, expected[2:])
 
 
+@pytest.mark.parametrize("kind", ["simple", "rotary"])
+@pytest.mark.parametrize("first,num_queries,num_keys", [(0, 1, 1), (3, 1, 4), (6, 1, 7), (7, 1, 8), (2, 3, 5), (0, 4, 4)])
+def test_bias_of_a_decoding_step_equals_the_positions_form(kind, first, num_queries, num_keys):
+    """``for_step`` (one query: a view of the simple table's row) equals ``for_positions``."""
+    torch.manual_seed(0)
+    bias = SimpleRelativePositionalBias(8) if kind == "simple" else RotaryRelativePositionalBias(6, 8)
+    step = bias.for_step(first, num_queries, num_keys)
+    expected = bias.for_positions(torch.arange(first, first + num_queries), torch.arange(num_keys), num_keys)
+    assert step.shape == (num_queries, num_keys)
+    assert torch.equal(step, expected)
+
+
 def test_rotary_bias_formula_and_relativity():
     dim, max_positions = 6, 8
     bias = RotaryRelativePositionalBias(dim, max_positions)
