@@ -356,7 +356,9 @@ class GatedOutput(torch.autograd.Function):
     the interpolation plus a Batch x Time copy of the gradient for the projection that produced
     ``attended``. Here ``silu(pre)`` is recomputed, the gradients are formed in three buffers, and
     the gradient of ``pre`` is written in ``attended``'s own memory layout (its producer then
-    reads it without copying).
+    reads it without copying). Inside a recompute scope (``recomputed_activations``) the output
+    itself is registered: whoever keeps it for the backward (the feed-forward network's norm, a
+    post-norm) gets it remade from ``residual``, ``pre`` and ``u``, which are kept here anyway.
 
     Shapes: residual, u: Time x Batch x D; attended: Time x Batch x D with any strides (e.g. a
     transposed Batch x Time result); hx: Time x Batch x D or None. Returns Time x Batch x D.
