@@ -1,7 +1,7 @@
 """How a Mega model runs its blocks: opt-in ``torch.compile`` and activation checkpointing.
 
-Two settings, shared by ``mega`` (translation) and ``mega_lm`` (both configs inherit
-:class:`LayerExecutionSettings`); neither changes the parameters, the state dict or the numbers:
+Three settings, shared by ``mega`` (translation) and ``mega_lm`` (both configs inherit
+:class:`LayerExecutionSettings`); none changes the parameters, the state dict or the numbers:
 
 * ``--compile-layers``: each encoder/decoder block is compiled in place with ``torch.compile``
   (``nn.Module.compile``: parameter names unchanged, checkpoints interchangeable). Element-wise
@@ -12,6 +12,9 @@ Two settings, shared by ``mega`` (translation) and ``mega_lm`` (both configs inh
   are recomputed in the backward instead of stored (``torch.utils.checkpoint``, non-reentrant,
   RNG state restored so dropout masks repeat): peak memory holds one block's activations plus
   each block's input. Incremental decoding and autograd-free forwards are unaffected.
+* ``--keep-activations``: the blocks keep the tensors they otherwise remake in the backward (the
+  normed inputs, queries and keys, the attention output: ``modules/recomputed_activations.py``),
+  for a few percent of speed at small widths against more training memory.
 """
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class LayerExecutionSettings(FairseqDataclass):
-    """The execution switches of a Mega model's blocks (both default off)."""
+    """The execution switches of a Mega model's blocks (all default off)."""
 
     compile_layers: bool = field(
         default=False, metadata={"help": "compile each Mega block with torch.compile (same numbers; the first "
@@ -34,6 +37,19 @@ class LayerExecutionSettings(FairseqDataclass):
         default=False, metadata={"help": "recompute each Mega block's activations in the backward instead of "
                                          "storing them (less training memory, ~1/3 more compute)"}
     )
+    keep_activations: bool = field(
+        default=False, metadata={"help": "keep the tensors the Mega blocks otherwise remake in the backward "
+                                         "(normed inputs, queries and keys, the attention output): a few percent "
+                                         "faster at small widths, more training memory"}
+    )
+
+
+def keep_block_activations(layers: nn.ModuleList) -> None:
+    """``--keep-activations``: the blocks of ``layers`` keep what they would remake in the backward
+    (they and their attention open no recompute scope, see ``modules/recomputed_activations.py``)."""
+    for module in layers.modules():
+        if hasattr(module, "recompute_activations"):
+            module.recompute_activations = False
 
 
 def compile_blocks(layers: nn.ModuleList) -> None:

@@ -19,7 +19,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from fairseq.modules import AdaptiveSoftmax
 from torch import Tensor
 
-from mega_fairseq.models.layer_execution import compile_blocks, run_block
+from mega_fairseq.models.layer_execution import compile_blocks, keep_block_activations, run_block
 from mega_fairseq.models.mega_settings import UNBOUNDED_POSITIONS, layer_config, parse_cutoff
 from mega_fairseq.modules import FairseqDropout, MegaDecoderLayer, SequenceNorm
 from mega_fairseq.modules.attention_weights import causal_attention_mask
@@ -77,6 +77,8 @@ class MegaDecoder(FairseqIncrementalDecoder):
         self.num_layers = len(self.layers)
         #: recompute each block's activations in the backward (--checkpoint-activations; not while decoding)
         self.checkpoint_activations = bool(settings.checkpoint_activations)
+        if settings.keep_activations:
+            keep_block_activations(self.layers)
         if settings.compile_layers:
             compile_blocks(self.layers)
         self.final_norm = None

@@ -7,7 +7,7 @@ import torch.nn as nn
 from fairseq.models import FairseqEncoder
 from torch import Tensor
 
-from mega_fairseq.models.layer_execution import compile_blocks, run_block
+from mega_fairseq.models.layer_execution import compile_blocks, keep_block_activations, run_block
 from mega_fairseq.models.mega_settings import layer_config
 from mega_fairseq.modules import FairseqDropout, MegaEncoderLayer, SequenceNorm
 
@@ -62,6 +62,8 @@ class MegaEncoder(FairseqEncoder):
         self.final_norm = SequenceNorm(norm_type, embed_dim) if settings.normalize_before else None
         #: recompute each block's activations in the backward (--checkpoint-activations)
         self.checkpoint_activations = bool(settings.checkpoint_activations)
+        if settings.keep_activations:
+            keep_block_activations(self.layers)
         if settings.compile_layers:
             compile_blocks(self.layers)
 

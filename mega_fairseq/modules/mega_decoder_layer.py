@@ -23,6 +23,10 @@ class MegaDecoderLayer(nn.Module):
             ``no_cross_attention=True`` builds the language-model block.
     """
 
+    #: open a recompute scope around both sub-layers in training (``recomputed_activations``);
+    #: ``--keep-activations`` turns it off (``models/layer_execution.keep_block_activations``)
+    recompute_activations = True
+
     def __init__(self, cfg: MegaLayerConfig, no_cross_attention: bool = False):
         super().__init__()
         if not isinstance(cfg, MegaLayerConfig):
@@ -67,7 +71,7 @@ class MegaDecoderLayer(nn.Module):
             ``(x, attn, None)``: x is Tgt x Batch x D; attn is None without cross-attention or
             when not requested.
         """
-        if incremental_state is None and recompute_applies(x, self.mega_layer):
+        if incremental_state is None and self.recompute_activations and recompute_applies(x, self.mega_layer):
             # training: tensors both sub-layers would keep and that are cheap to remake are remade
             # in the backward (recomputed_activations), the attention's output among them
             with recompute_scope():

@@ -21,6 +21,10 @@ class MegaEncoderLayer(nn.Module):
             the ``mega`` model, Namespace or DictConfig) are accepted too and converted once.
     """
 
+    #: open a recompute scope around both sub-layers in training (``recomputed_activations``);
+    #: ``--keep-activations`` turns it off (``models/layer_execution.keep_block_activations``)
+    recompute_activations = True
+
     def __init__(self, cfg: MegaLayerConfig):
         super().__init__()
         if not isinstance(cfg, MegaLayerConfig):
@@ -36,7 +40,7 @@ class MegaEncoderLayer(nn.Module):
 
         Returns Src x Batch x D (pad positions are not zeroed here; the encoder does it).
         """
-        if recompute_applies(x, self.mega_layer):
+        if self.recompute_activations and recompute_applies(x, self.mega_layer):
             # training: the attention's output (which the feed-forward network would keep) and other
             # cheap tensors are remade in the backward (recomputed_activations)
             with recompute_scope():

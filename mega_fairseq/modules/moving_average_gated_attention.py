@@ -47,6 +47,9 @@ class MovingAverageGatedAttention(GatedAttentionBase):
     Constructor arguments, parameter names and the forward signature follow the official code.
     """
 
+    #: open a recompute scope in training (``recomputed_activations``); ``--keep-activations`` turns it off
+    recompute_activations = True
+
     def __init__(
         self,
         embed_dim,
@@ -147,7 +150,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         # training: the normed input, q, k and the EMA's decay powers are made again in the backward
         # from tensors kept anyway, not kept (recomputed_activations)
         arguments = (x, padding_mask, incremental_state, saved_state, need_weights, attn_mask, before_attn_fn)
-        if saved_state is None and recompute_applies(x, self):
+        if saved_state is None and self.recompute_activations and recompute_applies(x, self):
             with recompute_scope():
                 return self._forward(*arguments)
         return self._forward(*arguments)

@@ -21,7 +21,7 @@ def dictionary():
     return word_dictionary(VOCAB_WORDS, descending_counts=True)
 
 
-def translation_model(dictionary, checkpoint_activations):
+def translation_model(dictionary, checkpoint_activations, **overrides):
     from mega_fairseq.models.mega import MegaModel
 
     args = argparse.Namespace(encoder_layers=2, decoder_layers=2, encoder_embed_dim=16, encoder_hidden_dim=24,
@@ -29,17 +29,19 @@ def translation_model(dictionary, checkpoint_activations):
                               share_all_embeddings=True, max_source_positions=40, max_target_positions=40,
                               dropout=0.2, attention_dropout=0.1, hidden_dropout=0.1, activation_dropout=0.1,
                               checkpoint_activations=checkpoint_activations)
+    vars(args).update(overrides)
     torch.manual_seed(0)
     return MegaModel.build_model(args, StubTask(dictionary)).double()
 
 
-def language_model(dictionary, checkpoint_activations):
+def language_model(dictionary, checkpoint_activations, **overrides):
     from mega_fairseq.models.mega_lm import MegaLanguageModel
 
     args = argparse.Namespace(decoder_layers=2, decoder_embed_dim=16, decoder_hidden_dim=24, decoder_z_dim=8,
                               decoder_n_dim=4, decoder_ffn_embed_dim=20, decoder_chunk_size=4, dropout=0.2,
                               attention_dropout=0.1, hidden_dropout=0.1, tokens_per_sample=64,
                               checkpoint_activations=checkpoint_activations)
+    vars(args).update(overrides)
     torch.manual_seed(0)
     return MegaLanguageModel.build_model(args, StubTask(dictionary)).double()
 
@@ -121,3 +123,64 @@ def test_checkpointing_does_not_touch_incremental_decoding_or_inference(dictiona
     keep = tgt.ne(PAD).unsqueeze(-1)
     assert max_diff(steps * keep, full * keep) <= 1e-10
     assert len(calls) == 4 + 2 + 2 * tgt.size(1) * 2  # prefill encoder + two decodes of 9 steps x 2 blocks
+
+
+#: no dropout and pre-norm blocks: the settings under which the blocks remake tensors in the backward
+EXACT_PATHS = dict(dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0, activation_dropout=0.0, normalize_before=True)
+
+
+def kept_bytes(model, run):
+    """Bytes of the distinct storages autograd keeps for one training forward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor.detach()
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run(model)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("kind", ["translation", "language_model"])
+def test_keep_activations_keeps_more_and_gives_the_same_numbers(dictionary, kind):
+    """``--keep-activations`` switches off the blocks' selective recomputation: same loss and
+    gradients, more kept for the backward; the setting defaults to off (recomputation on)."""
+    src, src_lengths, tgt = batch()
+    build = translation_model if kind == "translation" else language_model
+    if kind == "translation":
+        def run(model):
+            return model(src, src_lengths, tgt)[0]
+    else:
+        def run(model):
+            return model(tgt)[0]
+    default, keeping = build(dictionary, False, **EXACT_PATHS), build(dictionary, False, **EXACT_PATHS)
+    keeping.load_state_dict(default.state_dict())
+    from mega_fairseq.models.layer_execution import keep_block_activations
+
+    keep_block_activations(keeping.decoder.layers)
+    if kind == "translation":
+        keep_block_activations(keeping.encoder.layers)
+    flags = [m.recompute_activations for m in keeping.modules() if hasattr(m, "recompute_activations")]
+    assert flags and not any(flags)
+    assert all(m.recompute_activations for m in default.modules() if hasattr(m, "recompute_activations"))
+    loss, grads = loss_and_grads(default, run)
+    loss_kept, grads_kept = loss_and_grads(keeping, run)
+    assert torch.equal(loss, loss_kept)
+    for name, grad in grads.items():
+        assert torch.equal(grad, grads_kept[name]), name
+    assert kept_bytes(keeping, run) > kept_bytes(default, run)
+
+
+def test_keep_activations_is_a_model_setting(dictionary):
+    from mega_fairseq.models.mega_lm import MegaLanguageModel
+
+    args = argparse.Namespace(decoder_layers=1, decoder_embed_dim=16, decoder_hidden_dim=24, decoder_z_dim=8,
+                              decoder_n_dim=4, decoder_ffn_embed_dim=20, decoder_chunk_size=4, tokens_per_sample=64,
+                              keep_activations=True)
+    model = MegaLanguageModel.build_model(args, StubTask(dictionary))
+    assert not any(m.recompute_activations for m in model.modules() if hasattr(m, "recompute_activations"))
