@@ -46,13 +46,15 @@ def _split_sizes(base: Tensor, embed_dim: int, zdim: int, hdim: int):
     return z_start, r_start, hx_start
 
 
-def _batch_first_query_key(z: Tensor, gamma: Tensor, beta: Tensor) -> Tuple[Tensor, Tensor]:
-    """``z * gamma[i] + beta[i]`` for i = 0, 1 from z (Time x Batch x Z), each Batch x Time x Z contiguous."""
+def batch_first_query_or_key(z: Tensor, gamma: Tensor, beta: Tensor, index: int) -> Tensor:
+    """``z * gamma[index] + beta[index]`` (q: 0, k: 1) from z (Time x Batch x Z), Batch x Time x Z contiguous."""
     seq_len, bsz, zdim = z.shape
-    z_bt = z.transpose(0, 1)
-    q = torch.addcmul(beta[0], z_bt, gamma[0], out=z.new_empty(bsz, seq_len, zdim))
-    k = torch.addcmul(beta[1], z_bt, gamma[1], out=z.new_empty(bsz, seq_len, zdim))
-    return q, k
+    return torch.addcmul(beta[index], z.transpose(0, 1), gamma[index], out=z.new_empty(bsz, seq_len, zdim))
+
+
+def _batch_first_query_key(z: Tensor, gamma: Tensor, beta: Tensor) -> Tuple[Tensor, Tensor]:
+    """q and k (:func:`batch_first_query_or_key`)."""
+    return batch_first_query_or_key(z, gamma, beta, 0), batch_first_query_or_key(z, gamma, beta, 1)
 
 
 def _gates_forward(base: Tensor, gamma: Tensor, beta: Tensor, embed_dim: int, zdim: int, hdim: int):
@@ -100,8 +102,7 @@ def query_key_gradients(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pr
     when neither q nor k has a gradient (the gamma and beta gradients are then zero).
     """
     if grad_q is None and grad_k is None:
-        zeros = torch.zeros_like(gamma)
-        return None, (zeros if need_gamma else None), (torch.zeros_like(gamma) if need_beta else None)
+        return None, (torch.zeros_like(gamma) if need_gamma else None), (torch.zeros_like(gamma) if need_beta else None)
     grad_q = torch.zeros_like(z.transpose(0, 1)) if grad_q is None else grad_q
     grad_k = torch.zeros_like(z.transpose(0, 1)) if grad_k is None else grad_k
     # Batch x Time x Z -> Time x Batch x Z views

@@ -14,9 +14,14 @@ import torch
 from torch import Tensor, nn
 
 
+def has_forward_hooks(module: nn.Module) -> bool:
+    """``module`` itself carries forward or forward-pre hooks (calling it would run more than its forward)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def plain_module(module: nn.Module, expected: type) -> bool:
     """``module`` is exactly ``expected`` (not a subclass) and has no forward (pre-)hooks."""
-    return type(module) is expected and not (module._forward_hooks or module._forward_pre_hooks)
+    return type(module) is expected and not has_forward_hooks(module)
 
 
 def fused_autograd_applies(*tensors: Optional[Tensor]) -> bool:

@@ -27,6 +27,7 @@ from torch import Tensor
 from .fused_gates import (
     GateTensors,
     _batch_first_query_key,
+    batch_first_query_or_key,
     block_tokens,
     query_key_gradients,
     write_gate_gradient,
@@ -102,8 +103,7 @@ class GateProjection(torch.autograd.Function):
 
 def _query_or_key(zr: Tensor, gamma: Tensor, beta: Tensor, index: int, seq_len: int, bsz: int, zdim: int) -> Tensor:
     """q (``index`` 0) or k (1), Batch x Time x Z, from the ``[z | r_pre]`` buffer ((T B) x (Z + H))."""
-    z_bt = F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim).transpose(0, 1)
-    return torch.addcmul(beta[index], z_bt, gamma[index], out=zr.new_empty(bsz, seq_len, zdim))
+    return batch_first_query_or_key(F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim), gamma, beta, index)
 
 
 def project_gates(ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,

@@ -15,6 +15,7 @@ from .activations import check_attention_activation, get_activation_fn, silu
 from .attention_state import CachedAttentionState
 from .fairseq_dropout import FairseqDropout, FairseqFeatureDropout
 from .fused_gates import gated_output
+from .fusion_guard import has_forward_hooks
 from .recomputed_activations import recompute_on_backward
 from .sequence_norm import SequenceNorm
 
@@ -67,7 +68,7 @@ class GatedAttentionBase(CachedAttentionState, nn.Module):
         normed = self.norm(x)
         norm = self.norm
         stateless = norm.norm_type in ("layernorm", "rmsnorm", "scalenorm")
-        if stateless and not any(m._forward_hooks or m._forward_pre_hooks for m in norm.modules()):
+        if stateless and not any(has_forward_hooks(m) for m in norm.modules()):
             recompute_on_backward(normed, lambda: norm(x))
         return normed
 

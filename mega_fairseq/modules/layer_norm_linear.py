@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fusion_guard import fused_autograd_applies, plain_module
+from .fusion_guard import fused_autograd_applies, has_forward_hooks, plain_module
 
 
 class LayerNormLinear(torch.autograd.Function):
@@ -57,7 +57,7 @@ def fusable_layer_norm(norm: nn.Module) -> Optional[nn.LayerNorm]:
     inner = getattr(norm, "norm", norm)
     if not plain_module(inner, nn.LayerNorm) or len(inner.normalized_shape) != 1:
         return None
-    if norm is not inner and (norm._forward_hooks or norm._forward_pre_hooks):
+    if norm is not inner and has_forward_hooks(norm):
         return None
     return inner
 

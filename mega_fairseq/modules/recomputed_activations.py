@@ -40,12 +40,14 @@ def _outer_hooks():
 
 
 class _Recipe:
-    """How to remake one registered tensor; holds the remade tensor while saved entries still need it."""
+    """How to remake one registered tensor (of ``dtype`` on ``device``); holds the remade tensor
+    while saved entries still need it."""
 
-    __slots__ = ("make", "uses", "value")
+    __slots__ = ("make", "dtype", "device", "uses", "value")
 
-    def __init__(self, make: Callable[[], Tensor]):
+    def __init__(self, make: Callable[[], Tensor], tensor: Tensor):
         self.make = make
+        self.dtype, self.device = tensor.dtype, tensor.device
         self.uses = 0
         self.value: Optional[Tensor] = None
 
@@ -82,21 +84,17 @@ class _Scope:
     def __init__(self, outer):
         self.outer = outer
         self.recipes: Dict[int, _Recipe] = {}
-        self.layouts: Dict[int, tuple] = {}
         self.alive = []  # registered tensors stay alive while the scope is open (no address reuse)
 
     def register(self, tensor: Tensor, make: Callable[[], Tensor]):
         if tensor.storage_offset() != 0 or not tensor.is_contiguous():
             return  # a view into a larger storage: kept as it is
-        key = tensor.untyped_storage().data_ptr()
-        self.recipes[key] = _Recipe(make)
-        self.layouts[key] = (tuple(tensor.shape), tensor.dtype, tensor.device)
+        self.recipes[tensor.untyped_storage().data_ptr()] = _Recipe(make, tensor)
         self.alive.append(tensor)
 
     def pack(self, tensor: Tensor):
-        key = tensor.untyped_storage().data_ptr()
-        recipe = self.recipes.get(key)
-        if recipe is not None and (tensor.dtype, tensor.device) == self.layouts[key][1:]:
+        recipe = self.recipes.get(tensor.untyped_storage().data_ptr())
+        if recipe is not None and (tensor.dtype, tensor.device) == (recipe.dtype, recipe.device):
             recipe.uses += 1
             return _Remade(recipe, tensor)
         if self.outer is not None:
@@ -115,8 +113,9 @@ class _Scope:
 def recompute_scope(enabled: bool = True):
     """Within this block, tensors registered with :func:`recompute_on_backward` are not kept for
     the backward (scopes opened inside it add to it). Does nothing when ``enabled`` is False,
-    gradients are off, or torch cannot report the saved-tensor hooks already set. Not for code that torch.compile traces (a compiled
-    graph chooses what it keeps itself): callers check :func:`compiling` first."""
+    gradients are off, or torch cannot report the saved-tensor hooks already set. Not for code
+    that torch.compile traces (a compiled graph chooses what it keeps itself): callers check
+    :func:`compiling` first."""
     if _ACTIVE.get() is not None:  # inside a scope already (e.g. the block's around its attention)
         yield
         return
@@ -136,8 +135,9 @@ def recompute_scope(enabled: bool = True):
 
 def recompute_on_backward(tensor: Tensor, make: Callable[[], Tensor]) -> Tensor:
     """Inside an open :func:`recompute_scope`: do not keep ``tensor`` for the backward (when it is
-    contiguous and starts its storage; a view into a larger storage is kept); ``make()`` (run without gradients) remakes it, bit for bit, from
-    tensors kept anyway. Elsewhere nothing happens. Returns ``tensor``."""
+    contiguous and starts its storage; a view into a larger storage is kept); ``make()`` (run
+    without gradients) remakes it, bit for bit, from tensors kept anyway. Elsewhere nothing
+    happens. Returns ``tensor``."""
     if compiling():
         return tensor
     scope = _ACTIVE.get()
