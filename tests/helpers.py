@@ -4,9 +4,11 @@
 - ``run_cli``: run a fairseq command-line tool as a user would; ``train_losses`` reads its log;
   ``free_port`` and ``finish_all`` for runs of several processes (distributed training);
 - reference fixtures: ``load_fixture``, ``max_diff``, ``build_fixture_model`` and friends;
-- tiny made-up corpora (no downloads), deterministic from a seed.
+- tiny made-up corpora (no downloads), deterministic from a seed;
+- ``kept_storages``: what autograd keeps for the backward, storage by storage.
 """
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -190,3 +192,21 @@ def write_lm_corpus(out_dir: Path, seed: int = 2, sizes=(("train", 300), ("valid
     for split, count in sizes:
         (out_dir / f"{split}.txt").write_text("".join(_sentence(rng) + "\n" for _ in range(count)))
     return out_dir
+
+
+@contextlib.contextmanager
+def kept_storages(exclude=()):
+    """Inside the block, every storage autograd keeps for the backward is recorded once in the yielded
+    dict, data pointer -> bytes; storages of the ``exclude`` tensors (e.g. parameters) are left out.
+    The tensors themselves pass through unchanged."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor.detach()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield kept

@@ -10,7 +10,7 @@ import argparse
 import pytest
 import torch
 
-from helpers import StubTask, incremental_logits, max_diff, word_dictionary
+from helpers import StubTask, incremental_logits, kept_storages, max_diff, word_dictionary
 
 PAD, EOS = 1, 2
 VOCAB_WORDS = 30
@@ -131,19 +131,10 @@ EXACT_PATHS = dict(dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0, activ
 
 def kept_bytes(model, run):
     """Bytes of the distinct storages autograd keeps for one training forward (parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor.detach()
-
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with kept_storages(exclude=model.parameters()) as kept:
         run(model)
-    return sum(storages.values())
+    return sum(kept.values())
 
 
 @pytest.mark.parametrize("kind", ["translation", "language_model"])

@@ -9,6 +9,8 @@
   for every norm type (batch norms are not remade: their forward updates running statistics),
   pre- and post-norm, causal and bidirectional.
 """
+import contextlib
+
 import pytest
 import torch
 import torch.utils.checkpoint
@@ -20,13 +22,18 @@ from mega_fairseq.modules.mega_layer_config import MegaLayerConfig
 from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
 from mega_fairseq.modules.recomputed_activations import recompute_on_backward, recompute_scope
 
+from helpers import kept_storages
 
-def counting_hooks(store):
-    """Saved-tensor hooks that record the storages they are given (and pass the tensors through)."""
-    def pack(tensor):
-        store.add(tensor.untyped_storage().data_ptr())
-        return tensor.detach()
-    return torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+
+@contextlib.contextmanager
+def scope_unavailable():
+    """Inside, a recompute scope sees outer hooks it cannot query and does nothing (everything kept)."""
+    original = recomputed_activations._outer_hooks
+    recomputed_activations._outer_hooks = lambda: (False, None)
+    try:
+        yield
+    finally:
+        recomputed_activations._outer_hooks = original
 
 
 def toy_run(use_scope, made=None):
@@ -42,8 +49,7 @@ def toy_run(use_scope, made=None):
             made.append(1)
         return x.detach() * 2 + 1
 
-    kept = set()
-    with counting_hooks(kept), recompute_scope(enabled=use_scope):
+    with kept_storages() as kept, recompute_scope(enabled=use_scope):
         e = recompute_on_backward(x * 2 + 1, make)
         loss = e.t().matmul(w2).sum() + (e @ w1).sum() + torch.sin(e).mul(w2).sum()
     loss.backward()
@@ -80,19 +86,12 @@ def layer_run(layer, x, scope, checkpoint=False):
     layer.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
     mask = None if layer.bidirectional else torch.triu(torch.full((4, 4), float("-inf")), 1).double()
-    if not scope:
-        # the scope sees unknown outer hooks and does nothing
-        original = recomputed_activations._outer_hooks
-        recomputed_activations._outer_hooks = lambda: (False, None)
-    try:
+    with contextlib.nullcontext() if scope else scope_unavailable():
         if checkpoint:
             out = torch.utils.checkpoint.checkpoint(lambda t: layer(t, attn_mask=mask)[0], x, use_reentrant=False)
         else:
             out, _ = layer(x, attn_mask=mask)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-    finally:
-        if not scope:
-            recomputed_activations._outer_hooks = original
     return [out.detach(), x.grad] + [p.grad.clone() for p in layer.parameters()]
 
 
@@ -133,32 +132,18 @@ def block_config(**overrides):
     return MegaLayerConfig(**values)
 
 
-def block_run(block, x, scope, count=None):
-    """Output and gradients of a block (decoder blocks causal); ``count`` collects the kept storages' bytes."""
+def block_run(block, x, scope):
+    """Output and gradients of a block (decoder blocks causal), and the bytes of each storage kept."""
     block.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
-    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if count is not None and storage.data_ptr() not in params:
-            count[storage.data_ptr()] = storage.nbytes()
-        return tensor.detach()
-
-    original = recomputed_activations._outer_hooks
-    if not scope:
-        recomputed_activations._outer_hooks = lambda: (False, None)
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            if isinstance(block, MegaDecoderLayer):
-                mask = torch.triu(torch.full((4, 4), float("-inf"), dtype=x.dtype), 1)
-                out = block(x, attn_mask=mask)[0]
-            else:
-                out = block(x, None)
-    finally:
-        recomputed_activations._outer_hooks = original
+    with contextlib.nullcontext() if scope else scope_unavailable(), kept_storages(block.parameters()) as kept:
+        if isinstance(block, MegaDecoderLayer):
+            mask = torch.triu(torch.full((4, 4), float("-inf"), dtype=x.dtype), 1)
+            out = block(x, attn_mask=mask)[0]
+        else:
+            out = block(x, None)
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-    return [out.detach(), x.grad] + [p.grad.clone() for p in block.parameters()]
+    return [out.detach(), x.grad] + [p.grad.clone() for p in block.parameters()], kept
 
 
 @pytest.mark.parametrize("kind", ["decoder", "encoder"])
@@ -170,11 +155,11 @@ def test_block_remakes_the_attention_output_and_stays_bit_identical(kind, prenor
     cls = MegaDecoderLayer if kind == "decoder" else MegaEncoderLayer
     block = cls(block_config(prenorm=prenorm)).double().train()
     x = torch.randn(40, 2, 8, dtype=torch.float64)
-    kept_with, kept_without = {}, {}
-    with_scope = block_run(block, x, True, kept_with)
-    without = block_run(block, x, False, kept_without)
+    with_scope, kept_with = block_run(block, x, True)
+    without, kept_without = block_run(block, x, False)
     for got, expected in zip(with_scope, without):
         assert torch.equal(got, expected)
-    saved_floats_per_token = (sum(kept_without.values()) - sum(kept_with.values())) / 4 / 80 / 8  # x D
+    # float64 values a token (40 x 2 tokens), in units of D = 8
+    saved_floats_per_token = (sum(kept_without.values()) - sum(kept_with.values())) / 8 / 80 / 8
     # normed input (pre-norm only), attention output, q and k (2 x 4 = one D)
     assert saved_floats_per_token >= (3 if prenorm else 2) - 0.1

@@ -20,26 +20,19 @@ import torch
 
 from mega_fairseq.modules.moving_average_gated_attention import MovingAverageGatedAttention
 
+from helpers import kept_storages
+
 D, Z, H, N, CHUNK = 16, 8, 32, 4, 8
 
 
 def saved_bytes(layer, length, bsz=2, bidirectional=False):
     """Bytes of the distinct storages autograd keeps for one training forward (parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     x = torch.randn(length, bsz, D, requires_grad=True)
     mask = None if bidirectional else torch.triu(torch.full((CHUNK, CHUNK), float("-inf")), 1)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with kept_storages(exclude=layer.parameters()) as kept:
         out, _ = layer(x, attn_mask=mask)
     out.sum().backward()  # the graph is complete and usable
-    return sum(storages.values())
+    return sum(kept.values())
 
 
 def floats_per_token(bidirectional=False):
