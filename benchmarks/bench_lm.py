@@ -18,9 +18,10 @@ built model (what the machine had to provide), and ``train_peak_live_mb``, the p
 the allocator had handed out during the warm-up step (glibc's ``mallinfo2``, sampled from a
 thread; see ``bench_common.LiveMemorySampler``), which leaves out freed memory a fragmented heap
 keeps. ``train_saved_mb`` is what autograd keeps between the forward and the backward (the
-tensors saved for the backward, each storage once, parameters excluded). Peak resident memory of one run depends on how glibc's allocator happened to place its buffers (a
-heap that fragments stays large): ``--repeats K`` runs every point K times (each in a fresh process,
-the models alternating) and reports the median of each figure, with every run's peak listed.
+tensors saved for the backward, each storage once, parameters excluded). Peak resident memory of
+one run depends on how glibc's allocator happened to place its buffers (a heap that fragments
+stays large): ``--repeats K`` runs every point K times (each in a fresh process, the models
+alternating) and reports the median of each figure, with every run's peak listed.
 ``--mmap-threshold BYTES`` runs the points with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (e.g.
 1048576): every larger buffer is then mapped and unmapped on its own, so the peak follows the live
 tensors instead of the heap's high-water mark (page faults make the speed figures of such a run
