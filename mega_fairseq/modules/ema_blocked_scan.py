@@ -120,10 +120,11 @@ class EMARows(NamedTuple):
     gamma: Tensor
 
 
-def _block_matrix(block: int, causal: Optional[EMARows], anti_causal: Optional[EMARows], with_projections: bool) -> Tensor:
+def _block_matrix(block: int, causal: Optional[EMARows], anti_causal: Optional[EMARows], with_projections: bool,
+                  residual: Optional[Tensor] = None) -> Tensor:
     """``R x C x M``: the in-block Toeplitz matrix (``M = C``), then with ``with_projections`` each
     direction's boundary projection (``N`` columns each: causal ``p_beta q^(C-1-j)``, anti-causal
-    ``p_beta q^j`` for input ``j`` of the block)."""
+    ``p_beta q^j`` for input ``j`` of the block). A ``residual`` (``R``) adds to the lag-0 tap."""
     forward_kernel = backward_kernel = None
     if causal is not None:
         forward_kernel = ema_kernel(causal.p_beta, causal.log_q, causal.gamma, block)
@@ -131,6 +132,8 @@ def _block_matrix(block: int, causal: Optional[EMARows], anti_causal: Optional[E
         backward_kernel = ema_kernel(anti_causal.p_beta, anti_causal.log_q, anti_causal.gamma, block)
     if forward_kernel is None:
         forward_kernel = backward_kernel.new_zeros(backward_kernel.size(0), 1)
+    if residual is not None:
+        forward_kernel = torch.cat([forward_kernel[:, :1] + residual.unsqueeze(-1), forward_kernel[:, 1:]], dim=-1)
     pieces = [toeplitz_from_lags(lag_table(block, forward_kernel, backward_kernel))]
     if with_projections:
         if causal is not None:
@@ -163,39 +166,44 @@ def _direction_gradients(rows: EMARows, grad_taps: Tensor, grad_projection: Opti
 
 
 def _directions(coefficients, has_causal: bool, has_anti_causal: bool):
+    """``(causal, anti_causal, residual)`` from the flat coefficients: each present direction's three
+    ``R x N`` tensors, then the optional ``R`` residual."""
     causal = EMARows(*coefficients[:3]) if has_causal else None
-    anti_causal = EMARows(*coefficients[len(coefficients) - 3 :]) if has_anti_causal else None
-    return causal, anti_causal
+    anti_causal = EMARows(*coefficients[3 * has_causal : 3 * has_causal + 3]) if has_anti_causal else None
+    residual = coefficients[3 * (has_causal + has_anti_causal)] if len(coefficients) > 3 * (has_causal + has_anti_causal) else None
+    return causal, anti_causal, residual
 
 
 class _BlocksTimesMatrix(torch.autograd.Function):
     """``blocks(x) @ matrix``: the channel-first blocks of ``x`` (``L x B x R``) times the EMA's
-    ``R x C x M`` block matrix (:func:`_block_matrix`), built here from the coefficients.
+    ``R x C x M`` block matrix (:func:`_block_matrix`), built here from the coefficients (and the
+    optional residual added to the lag-0 tap: ``omega * x`` comes out of the same matmul).
 
     Keeps only ``x`` (which the caller keeps anyway) and the ``R x N`` coefficients: the blocks (a
     copy of ``x``) and the matrix are made again in the backward, and the coefficients' gradients
     are explicit (:func:`_direction_gradients`). Returns ``R x (B nb) x M``.
 
     Arguments after ``x``: ``num_blocks, block, with_projections, has_causal, has_anti_causal`` and
-    the coefficients ``p_beta, log_q, gamma`` of the causal, then the anti-causal direction (those present).
+    the coefficients ``p_beta, log_q, gamma`` of the causal, then the anti-causal direction (those
+    present), then the residual (when given).
     """
 
     @staticmethod
     def forward(ctx, x, num_blocks, block, with_projections, has_causal, has_anti_causal, *coefficients):
         ctx.layout = (num_blocks, block, with_projections, has_causal, has_anti_causal)
         ctx.save_for_backward(x, *coefficients)
-        causal, anti_causal = _directions(coefficients, has_causal, has_anti_causal)
-        matrix = _block_matrix(block, causal, anti_causal, with_projections)
+        causal, anti_causal, residual = _directions(coefficients, has_causal, has_anti_causal)
+        matrix = _block_matrix(block, causal, anti_causal, with_projections, residual)
         return torch.bmm(_channel_blocks(x, num_blocks, block), matrix)
 
     @staticmethod
     def backward(ctx, grad):
         x, *coefficients = ctx.saved_tensors
         num_blocks, block, with_projections, has_causal, has_anti_causal = ctx.layout
-        causal, anti_causal = _directions(coefficients, has_causal, has_anti_causal)
+        causal, anti_causal, residual = _directions(coefficients, has_causal, has_anti_causal)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            matrix = _block_matrix(block, causal, anti_causal, with_projections)
+            matrix = _block_matrix(block, causal, anti_causal, with_projections, residual)
             length, bsz, rows = x.shape
             grad_blocks = torch.bmm(grad, matrix.transpose(1, 2))  # R x (B nb) x C
             grad_x = _swap_time_and_channels(grad_blocks.view(rows, bsz, num_blocks * block))[:length]
@@ -213,18 +221,23 @@ class _BlocksTimesMatrix(torch.autograd.Function):
             if anti_causal is not None:
                 projection = grad_matrix[..., projection_start : projection_start + ndim] if with_projections else None
                 grads += _direction_gradients(anti_causal, grad_lags[:, :block].flip(-1), projection, to_block_end=False)
+            if residual is not None:
+                grads.append(grad_lags[:, block - 1])  # the lag-0 tap's gradient
             grad_coefficients = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[6:])]
         return (grad_x, None, None, None, None, None, *grad_coefficients)
 
 
 def _blocks_times_matrix(x: Tensor, num_blocks: int, block: int, causal: Optional[EMARows],
-                         anti_causal: Optional[EMARows], with_projections: bool) -> Tensor:
+                         anti_causal: Optional[EMARows], with_projections: bool, residual: Optional[Tensor]) -> Tensor:
     """``R x (B nb) x M``: the blocks of ``x`` times :func:`_block_matrix` (see :class:`_BlocksTimesMatrix`)."""
     coefficients = (tuple(causal) if causal is not None else ()) + (tuple(anti_causal) if anti_causal is not None else ())
+    if residual is not None:
+        coefficients += (residual,)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + coefficients):
         return _BlocksTimesMatrix.apply(x, num_blocks, block, with_projections, causal is not None,
                                         anti_causal is not None, *coefficients)
-    return torch.bmm(_channel_blocks(x, num_blocks, block), _block_matrix(block, causal, anti_causal, with_projections))
+    matrix = _block_matrix(block, causal, anti_causal, with_projections, residual)
+    return torch.bmm(_channel_blocks(x, num_blocks, block), matrix)
 
 
 class _ScaledPowers(torch.autograd.Function):
@@ -280,8 +293,9 @@ def blocked_scan_ema(
     anti_causal: Optional[EMARows] = None,
     initial_state: Optional[Tensor] = None,
     return_last_state: bool = False,
+    residual: Optional[Tensor] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """Causal and/or anti-causal EMA of ``x`` (their sum), computed block by block.
+    """Causal and/or anti-causal EMA of ``x`` (their sum), plus ``residual * x``, computed block by block.
 
     Args:
         x: ``L x B x R`` input (already zero at padded positions), ``L >= 1``.
@@ -292,9 +306,12 @@ def blocked_scan_ema(
             is counted by both).
         initial_state: causal only: optional ``R x B x N`` state before ``x``.
         return_last_state: causal only: also return the ``R x B x N`` state after the last input.
+        residual: optional ``R`` weights of the input added to the output (Mega's ``omega``): they
+            join the lag-0 tap of the in-block matrix, so the sum costs no pass of its own. The
+            returned state does not include it.
 
     Returns:
-        ``L x B x R`` EMA output (without the ``omega`` residual), and the last state on request.
+        ``L x B x R`` EMA output (plus ``residual * x``), and the last state on request.
     """
     if causal is None and anti_causal is None:
         raise ValueError("blocked_scan_ema needs causal or anti_causal coefficients")
@@ -302,8 +319,8 @@ def blocked_scan_ema(
         raise ValueError("initial_state and return_last_state are for the causal EMA only")
     groups = _row_groups(x)
     if groups > 1:
-        return _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, groups)
-    return _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state)
+        return _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, residual, groups)
+    return _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, residual)
 
 
 #: on the CPU, rows are scanned in groups of about this many values (Time x Batch x Rows); None:
@@ -326,7 +343,7 @@ def _row_groups(x: Tensor) -> int:
     return max(1, min(x.size(2), x.numel() // values))
 
 
-def _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, groups):
+def _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, residual, groups):
     """:func:`blocked_scan_ema` over ``groups`` groups of rows (each row's EMA is independent):
     one split of the input and coefficients, one concatenation of the outputs."""
     rows = x.size(2)
@@ -341,16 +358,16 @@ def _grouped_scan(x, scan_block, causal, anti_causal, initial_state, return_last
         return [EMARows(*parts) for parts in zip(*(split_rows(t) for t in direction))]
 
     results = [
-        _scan(part, scan_block, c, a, s, return_last_state)
-        for part, c, a, s in zip(x.split(sizes, 2), split_direction(causal), split_direction(anti_causal),
-                                 split_rows(initial_state))
+        _scan(part, scan_block, c, a, s, return_last_state, w)
+        for part, c, a, s, w in zip(x.split(sizes, 2), split_direction(causal), split_direction(anti_causal),
+                                    split_rows(initial_state), split_rows(residual))
     ]
     if not return_last_state:
         return torch.cat(results, dim=2)
     return torch.cat([r[0] for r in results], dim=2), torch.cat([r[1] for r in results], dim=0)
 
 
-def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state):
+def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, residual=None):
     """:func:`blocked_scan_ema` of all rows of ``x`` at once."""
     length, bsz, rows = x.shape
     num_blocks = -(-length // max(1, scan_block))
@@ -360,12 +377,12 @@ def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state):
     padded = num_blocks * block
 
     if num_blocks == 1 and initial_state is None and not return_last_state:
-        out = _blocks_times_matrix(x, 1, block, causal, anti_causal, with_projections=False)  # R x B x C
+        out = _blocks_times_matrix(x, 1, block, causal, anti_causal, False, residual)  # R x B x C
         return swap_time_and_channels(out)[:length]
 
     # the in-block convolution and the boundary states of each block's own inputs (to the block's
     # end: causal; to its start: anti-causal) in one matmul: R x (B nb) x (C + N [+ N])
-    product = _blocks_times_matrix(x, num_blocks, block, causal, anti_causal, with_projections=True)
+    product = _blocks_times_matrix(x, num_blocks, block, causal, anti_causal, True, residual)
     own = product[..., block:].reshape(rows, bsz, num_blocks, -1)
     read_out = _read_out(causal, anti_causal, block)
 

@@ -100,13 +100,15 @@ class _Coefficients:
         return cached
 
 
-def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool, block: int) -> Tensor:
-    """Whole-sequence blocked scan of ``T x B x D`` input; returns ``T x B x D``."""
+def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool, block: int,
+                  omega: Optional[Tensor]) -> Tensor:
+    """Whole-sequence blocked scan of ``T x B x D`` input (plus ``omega * x``); returns ``T x B x D``."""
     length = x.size(0)
     p_beta, log_q, gamma = coefficients.p_beta, coefficients.log_q, coefficients.gamma
     causal = EMARows(p_beta[:dim], log_q[:dim], gamma[:dim])
     anti_causal = EMARows(p_beta[dim:], log_q[dim:], gamma[dim:]) if bidirectional else None
-    out = blocked_scan_ema(x, block, causal, anti_causal)  # T x B x D
+    # omega joins the lag-0 tap of the in-block matrix: no pass of its own over the input
+    out = blocked_scan_ema(x, block, causal, anti_causal, residual=omega)  # T x B x D
     if window is not None and window < length:
         # taps m >= W, removed: the same EMA with gamma * q^W, delayed (causal) or advanced
         # (anti-causal) by W steps
@@ -120,17 +122,28 @@ def _blocked_scan(x: Tensor, coefficients: _Coefficients, dim: int, window: Opti
 
 
 def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], bidirectional: bool,
-                    algorithm: str, block: int) -> Tensor:
-    """Stateless EMA of a whole ``T x B x D`` sequence by the chosen algorithm."""
+                    algorithm: str, block: int, omega: Optional[Tensor] = None) -> Tensor:
+    """Stateless EMA of a whole ``T x B x D`` sequence by the chosen algorithm (plus ``omega * x``)."""
     length = x.size(0)
     chosen = pick_algorithm(algorithm, length, x.size(1))
     if chosen == "blocked_scan":
-        return _blocked_scan(x, coefficients, dim, window, bidirectional, block)
+        return _blocked_scan(x, coefficients, dim, window, bidirectional, block, omega)
     kernel = coefficients.kernel(length if window is None else min(window, length))
     forward_kernel, backward_kernel = (kernel[:dim], kernel[dim:]) if bidirectional else (kernel, None)
     if chosen == "toeplitz":
-        return toeplitz_conv_tbd(x, forward_kernel, backward_kernel)
-    return swap_time_and_channels(fft_conv(swap_time_and_channels(x), forward_kernel, backward_kernel))
+        out = toeplitz_conv_tbd(x, forward_kernel, backward_kernel)
+    else:
+        out = swap_time_and_channels(fft_conv(swap_time_and_channels(x), forward_kernel, backward_kernel))
+    return _add_residual(out, x, omega)
+
+
+def _add_residual(out: Tensor, x: Tensor, omega: Optional[Tensor]) -> Tensor:
+    """``omega * x + out`` (``out`` when omega is None), laid out Time x Batch x D like ``x``."""
+    if omega is None:
+        return out
+    # the product first, so the sum is laid out like x even when out is a strided view; in place:
+    # the product's backward does not need its output
+    return (x * omega).add_(out)
 
 
 def _stream(x: Tensor, coefficients: _Coefficients, dim: int, window: Optional[int], algorithm: str, block: int,
@@ -169,7 +182,7 @@ def recurrence_step(x: Tensor, q: Tensor, p_beta: Tensor, gamma: Tensor, state: 
     return (new_state * gamma).sum(-1).unsqueeze(0), new_state
 
 
-def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state):
+def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state, omega=None):
     if x.dim() != 3:
         raise ValueError("x must be Time x Batch x D, got shape {}".format(tuple(x.shape)))
     if not x.is_floating_point():
@@ -182,6 +195,8 @@ def _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, ini
                     name, rows, rows, x.size(-1), bidirectional, tuple(value.shape)
                 )
             )
+    if omega is not None and tuple(omega.shape) != (x.size(-1),):
+        raise ValueError("omega must have shape (D,) = {}, got shape {}".format((x.size(-1),), tuple(omega.shape)))
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError("window must be None or a positive int, got {!r}".format(window))
     if scan_block is not None and (not isinstance(scan_block, int) or scan_block < 1):
@@ -216,8 +231,10 @@ def multi_head_ema(
     initial_state: Optional[Tensor] = None,
     return_last_state: bool = False,
     memo: Optional[Dict[str, Tensor]] = None,
+    omega: Optional[Tensor] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """Mega's multi-dimensional damped EMA of ``x`` (no ``omega`` residual, no activation).
+    """Mega's multi-dimensional damped EMA of ``x``, plus the ``omega * x`` residual when ``omega``
+    is given (no activation).
 
     Args:
         x: ``T x B x D`` input, floating point, zero at padded positions; ``T = 0`` is allowed.
@@ -234,12 +251,16 @@ def multi_head_ema(
             (Under ``torch.autocast`` the op still computes in ``x``'s dtype.)
         memo: optional dict kept by the caller for derived tensors (``log q``, kernel taps) of these
             exact coefficients; the caller must drop it when the coefficients change.
+        omega: optional ``D`` residual weights, in ``x``'s dtype: the output is then
+            ``EMA(x) + omega * x``. The blocked scan adds them to the lag-0 tap of its in-block
+            matmul (no separate pass over the input and none over the gradient); the other paths
+            add the product. The returned state never includes it.
 
     Returns:
         ``T x B x D`` output (possibly a strided view), and the last state when
         ``return_last_state``.
     """
-    _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state)
+    _check_arguments(x, q, p_beta, gamma, bidirectional, window, scan_block, initial_state, return_last_state, omega)
     pick_algorithm(algorithm, 1, 1)  # reject a bad name on every call, not only when it is used
     # mixed precision would run the matmuls in the half dtype and the custom backwards would then
     # mix dtypes: the EMA is computed in x's dtype, outside autocast
@@ -248,10 +269,11 @@ def multi_head_ema(
     )
     with outside_autocast:
         return _compute(x, q, p_beta, gamma, bidirectional, window, algorithm, scan_block, initial_state,
-                        return_last_state, memo)
+                        return_last_state, memo, omega)
 
 
-def _compute(x, q, p_beta, gamma, bidirectional, window, algorithm, scan_block, initial_state, return_last_state, memo):
+def _compute(x, q, p_beta, gamma, bidirectional, window, algorithm, scan_block, initial_state, return_last_state, memo,
+             omega=None):
     """:func:`multi_head_ema` after its argument checks."""
     length, bsz, dim = x.shape
     block = DEFAULT_SCAN_BLOCK if scan_block is None else scan_block
@@ -266,6 +288,7 @@ def _compute(x, q, p_beta, gamma, bidirectional, window, algorithm, scan_block, 
             initial_state = x.new_zeros(bsz, dim, q.size(-1) if window is None else window - 1)
         return out, initial_state
     if initial_state is None and not return_last_state:
-        return _whole_sequence(x, coefficients, dim, window, bidirectional, algorithm, block)
+        return _whole_sequence(x, coefficients, dim, window, bidirectional, algorithm, block, omega)
     out, last_state = _stream(x, coefficients, dim, window, algorithm, block, initial_state)
+    out = _add_residual(out, x, omega)
     return (out, last_state) if return_last_state else out

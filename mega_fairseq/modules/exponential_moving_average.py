@@ -248,6 +248,13 @@ class MultiHeadEMA(nn.Module):
             bidirectional=self.bidirectional, window=self.window, algorithm=self.conv_algorithm,
             scan_block=self.scan_block, memo=memo,
         )
+        omega = self.omega.to(compute_dtype)
+        if incremental_state is None and x_conv is x_compute:
+            # the op adds omega * x itself (the blocked scan inside its in-block matmul); with
+            # padding the residual reads the unmasked input, as in the official code, so it is
+            # added below instead
+            out = multi_head_ema(x_conv, q, p_beta, gamma, omega=omega, **options)
+            return out if not activate else F.silu(out).to(x.dtype)
         if incremental_state is None:
             ema = multi_head_ema(x_conv, q, p_beta, gamma, **options)
         else:
@@ -265,7 +272,7 @@ class MultiHeadEMA(nn.Module):
             self._set_input_buffer(incremental_state, buffer)
         # residual first, so the sum (and everything after it) is laid out Time x Batch x D;
         # in place: the product's backward does not need its output
-        out = (x_compute * self.omega.to(compute_dtype)).add_(ema)
+        out = (x_compute * omega).add_(ema)
         if not activate:
             return out
         return F.silu(out).to(x.dtype)

@@ -7,7 +7,9 @@ coefficient tensors and the initial state), in float64:
   causal and bidirectional; untruncated, truncated, window longer than the sequence;
 * streaming: one-token steps, multi-token steps, prefill handing its last state to decoding;
 * lengths from 1 to 5000 (the long cases use D=4, N=2, B=1 to stay fast; the dense Toeplitz
-  path runs its 4096-step case on one channel: it builds a 4096 x 4096 matrix per channel).
+  path runs its 4096-step case on one channel: it builds a 4096 x 4096 matrix per channel);
+* with and without the ``omega`` residual (which the blocked scan folds into its lag-0 tap),
+  against the reference plus ``omega * x``, with the gradient of ``omega`` too.
 
 Gradients are compared through ``sum(output * random weights)``. The reference itself is pinned
 to the official float64 fixtures.
@@ -43,6 +45,11 @@ def random_coefficients(rows, ndim, seed):
 def random_input(length, bsz, dim, seed):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(length, bsz, dim, generator=generator, dtype=torch.float64).requires_grad_(True)
+
+
+def random_omega(dim, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(dim, generator=generator, dtype=torch.float64).requires_grad_(True)
 
 
 def values_and_gradients(outputs, leaves, seed):
@@ -91,31 +98,35 @@ def test_reference_reproduces_the_official_fixtures(name):
 
 
 # ------------------------------------------------------------------ whole sequences
-def check_whole_sequence(length, bsz, dim, ndim, bidirectional, window, paths, seed):
+def check_whole_sequence(length, bsz, dim, ndim, bidirectional, window, paths, seed, with_omega=False):
     q, p_beta, gamma = random_coefficients(2 * dim if bidirectional else dim, ndim, seed)
     x = random_input(length, bsz, dim, seed + 1)
-    leaves = [x, q, p_beta, gamma]
-    expected = values_and_gradients(
-        [ema_reference(x, q, p_beta, gamma, bidirectional=bidirectional, window=window)], leaves, seed
-    )
+    omega = random_omega(dim, seed + 2) if with_omega else None
+    leaves = [x, q, p_beta, gamma] + ([omega] if with_omega else [])
+    reference = ema_reference(x, q, p_beta, gamma, bidirectional=bidirectional, window=window)
+    if with_omega:
+        reference = reference + omega * x
+    expected = values_and_gradients([reference], leaves, seed)
     for algorithm, block in paths:
         out = multi_head_ema(
-            x, q, p_beta, gamma, bidirectional=bidirectional, window=window, algorithm=algorithm, scan_block=block
+            x, q, p_beta, gamma, bidirectional=bidirectional, window=window, algorithm=algorithm, scan_block=block,
+            omega=omega,
         )
-        assert_close(values_and_gradients([out], leaves, seed), expected, (algorithm, block))
+        assert_close(values_and_gradients([out], leaves, seed), expected, (algorithm, block, with_omega))
 
 
+@pytest.mark.parametrize("with_omega", [False, True], ids=["ema", "ema+omega"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("window", [None, 1, 5, 200])
 @pytest.mark.parametrize("length", [1, 7, 64, 100])
-def test_whole_sequence_paths_equal_reference(length, bidirectional, window):
-    check_whole_sequence(length, 2, 3, 2, bidirectional, window, WHOLE_SEQUENCE_PATHS, seed=length)
+def test_whole_sequence_paths_equal_reference(length, bidirectional, window, with_omega):
+    check_whole_sequence(length, 2, 3, 2, bidirectional, window, WHOLE_SEQUENCE_PATHS, seed=length, with_omega=with_omega)
 
 
 @pytest.mark.parametrize("window", [None, 700])
 @pytest.mark.parametrize("length,bidirectional", [(5000, False), (4096, True)])
 def test_long_whole_sequence_paths_equal_reference(length, bidirectional, window):
-    check_whole_sequence(length, 1, 4, 2, bidirectional, window, LONG_PATHS, seed=length + 7)
+    check_whole_sequence(length, 1, 4, 2, bidirectional, window, LONG_PATHS, seed=length + 7, with_omega=window is None)
 
 
 def test_long_dense_toeplitz_equals_reference():
@@ -125,24 +136,25 @@ def test_long_dense_toeplitz_equals_reference():
 
 
 # ------------------------------------------------------------------------- streaming
-def check_streaming(splits, bsz, dim, ndim, window, scan_block, seed, with_initial_state=True):
+def check_streaming(splits, bsz, dim, ndim, window, scan_block, seed, with_initial_state=True, with_omega=False):
     """Decoding ``x`` in pieces (``splits``), each piece starting from the previous piece's last
     state, equals the reference on the whole sequence: outputs, last state and every gradient."""
     q, p_beta, gamma = random_coefficients(dim, ndim, seed)
     x = random_input(sum(splits), bsz, dim, seed + 1)
     state_size = ndim if window is None else window - 1
     initial = torch.randn(bsz, dim, state_size, dtype=torch.float64) if with_initial_state else None
+    omega = random_omega(dim, seed + 2) if with_omega else None
     leaves = [x, q, p_beta, gamma] + ([initial.requires_grad_(True)] if with_initial_state else [])
-    expected = values_and_gradients(
-        list(ema_reference(x, q, p_beta, gamma, window=window, initial_state=initial, return_last_state=True)),
-        leaves,
-        seed,
-    )
+    leaves += [omega] if with_omega else []
+    reference, last_state = ema_reference(x, q, p_beta, gamma, window=window, initial_state=initial, return_last_state=True)
+    if with_omega:
+        reference = reference + omega * x
+    expected = values_and_gradients([reference, last_state], leaves, seed)
     pieces, state, start = [], initial, 0
     for size in splits:
         out, state = multi_head_ema(
             x[start : start + size], q, p_beta, gamma, window=window, scan_block=scan_block,
-            initial_state=state, return_last_state=True,
+            initial_state=state, return_last_state=True, omega=omega,
         )
         pieces.append(out)
         start += size
@@ -155,7 +167,8 @@ def check_streaming(splits, bsz, dim, ndim, window, scan_block, seed, with_initi
 )
 @pytest.mark.parametrize("with_initial_state", [False, True])
 def test_streaming_steps_equal_reference(splits, window, with_initial_state):
-    check_streaming(splits, 2, 3, 2, window, scan_block=4, seed=len(splits), with_initial_state=with_initial_state)
+    check_streaming(splits, 2, 3, 2, window, scan_block=4, seed=len(splits), with_initial_state=with_initial_state,
+                    with_omega=with_initial_state)
 
 
 @pytest.mark.parametrize("window", [None, 700])
@@ -179,7 +192,9 @@ def test_blocked_scan_in_row_groups_equals_reference(monkeypatch, group_values, 
     prefill with its initial and last state continued by decoding steps."""
     monkeypatch.setattr(ema_blocked_scan, "CPU_GROUP_VALUES", group_values)
     check_whole_sequence(100, 2, 5, 2, bidirectional, None, [("blocked_scan", 16)], seed=3)
-    check_whole_sequence(100, 2, 5, 2, bidirectional, 7, [("blocked_scan", 16)], seed=5)
+    check_whole_sequence(100, 2, 5, 2, bidirectional, None, [("blocked_scan", 16), ("blocked_scan", 200)], seed=6,
+                         with_omega=True)
+    check_whole_sequence(100, 2, 5, 2, bidirectional, 7, [("blocked_scan", 16)], seed=5, with_omega=True)
     if not bidirectional:
         check_streaming([60, 1, 7], 2, 5, 2, None, scan_block=16, seed=4)
 
@@ -243,6 +258,8 @@ def test_algorithm_names_and_old_names_are_rejected():
     with pytest.raises(ValueError, match="bidirectional=False"):
         q2, p2, g2 = random_coefficients(6, 2, 0)
         multi_head_ema(x, q2, p2, g2, bidirectional=True, return_last_state=True)
+    with pytest.raises(ValueError, match=r"omega must have shape \(D,\) = \(3,\), got shape \(6,\)"):
+        multi_head_ema(x, q, p_beta, gamma, omega=torch.ones(6, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
