@@ -355,11 +355,13 @@ class GatedOutput(torch.autograd.Function):
 
     Plain autograd keeps ``pre`` and ``silu(pre)``, and its backward makes five temporaries for
     the interpolation plus a Batch x Time copy of the gradient for the projection that produced
-    ``attended``. Here ``silu(pre)`` is recomputed, the gradients are formed in three buffers, and
-    the gradient of ``pre`` is written in ``attended``'s own memory layout (its producer then
-    reads it without copying). Inside a recompute scope (``recomputed_activations``) the output
-    itself is registered: whoever keeps it for the backward (the feed-forward network's norm, a
-    post-norm) gets it remade from ``residual``, ``pre`` and ``u``, which are kept here anyway.
+    ``attended``. Here ``silu(pre)`` is recomputed, and forward and backward run a run of time
+    steps at a time (:func:`block_tokens` tokens on the CPU), each block's operands read while they
+    are in cache and its one temporary in a reused buffer; the gradient of ``pre`` is written in
+    ``attended``'s own memory layout (its producer then reads it without copying). Inside a
+    recompute scope (``recomputed_activations``) the output itself is registered: whoever keeps it
+    for the backward (the feed-forward network's norm, a post-norm) gets it remade from
+    ``residual``, ``pre`` and ``u``, which are kept here anyway.
 
     Shapes: residual, u: Time x Batch x D; attended: Time x Batch x D with any strides (e.g. a
     transposed Batch x Time result); hx: Time x Batch x D or None. Returns Time x Batch x D.
@@ -367,34 +369,66 @@ class GatedOutput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]):
-        pre = attended if hx is None else hx + attended
         ctx.has_hx = hx is not None
         # the strides empty_like would give (attended's own when dense), without allocating
         layout = torch.empty_like(attended, device="meta")
         ctx.attended_layout = (layout.shape, layout.stride())
+        # torch.compile's fake tensors mistrace blocked writes into views: whole tensors there
+        ctx.blocked = not compiling()
+        if ctx.blocked:
+            pre = attended if hx is None else torch.empty_like(hx, memory_format=torch.contiguous_format)
+            out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+            for block in _time_blocks(residual):
+                if hx is not None:
+                    torch.add(hx[block], attended[block], out=pre[block])
+                _gated_output_value(residual[block], pre[block], u[block], out=out[block])
+        else:
+            pre = attended if hx is None else hx + attended
+            out = _gated_output_value(residual, pre, u)
         ctx.save_for_backward(residual, u, pre)
-        out = _gated_output_value(residual, pre, u)
         # whoever keeps the output (the feed-forward network, a post-norm) gets it remade from these three
         return recompute_on_backward(out, functools.partial(_gated_output_value, residual, pre, u))
 
     @staticmethod
     def backward(ctx, grad_out):
         residual, u, pre = ctx.saved_tensors
-        grad_gated = grad_out * u
-        grad_residual = grad_out - grad_gated if ctx.needs_input_grad[0] else None
-        grad_u = None
-        if ctx.needs_input_grad[2]:
-            grad_u = F.silu(pre).sub_(residual).mul_(grad_out)
-        # d out / d pre = u * silu'(pre), written with attended's strides
+        need_residual, _, need_u = ctx.needs_input_grad[:3]
         shape, stride = ctx.attended_layout
         grad_pre = torch.empty_strided(shape, stride, dtype=pre.dtype, device=pre.device)
-        torch.ops.aten.silu_backward.grad_input(grad_gated, pre, grad_input=grad_pre)
+        if not ctx.blocked:
+            grad_gated = grad_out * u
+            grad_residual = grad_out - grad_gated if need_residual else None
+            grad_u = F.silu(pre).sub_(residual).mul_(grad_out) if need_u else None
+            torch.ops.aten.silu_backward.grad_input(grad_gated, pre, grad_input=grad_pre)
+            return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
+        grad_residual = torch.empty_like(residual, memory_format=torch.contiguous_format) if need_residual else None
+        grad_u = torch.empty_like(u, memory_format=torch.contiguous_format) if need_u else None
+        blocks = _time_blocks(residual)
+        buffer = pre.new_empty(min(blocks[0].stop, pre.size(0)) * pre[0].numel())
+        for block in blocks:
+            step_grad = grad_out[block]
+            # d out / d gated = u; d out / d residual = 1 - u
+            grad_gated = torch.mul(step_grad, u[block], out=buffer[: step_grad.numel()].view(step_grad.shape))
+            if grad_residual is not None:
+                torch.sub(step_grad, grad_gated, out=grad_residual[block])
+            if grad_u is not None:
+                # d out / d u = silu(pre) - residual
+                torch.ops.aten.silu.out(pre[block], out=grad_u[block]).sub_(residual[block]).mul_(step_grad)
+            # d out / d pre = u * silu'(pre), written with attended's strides
+            torch.ops.aten.silu_backward.grad_input(grad_gated, pre[block], grad_input=grad_pre[block])
         return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
 
 
-def _gated_output_value(residual: Tensor, pre: Tensor, u: Tensor) -> Tensor:
-    """``lerp(residual, silu(pre), u)``, written into silu's buffer."""
-    gated = F.silu(pre)
+def _time_blocks(x: Tensor):
+    """Slices of dim 0 of a Time x Batch x D tensor, :func:`block_tokens` tokens each."""
+    seq_len, bsz = x.shape[:2]
+    steps = max(1, block_tokens(x.device, seq_len * bsz) // max(1, bsz))
+    return [slice(start, min(seq_len, start + steps)) for start in range(0, max(seq_len, 1), steps)]
+
+
+def _gated_output_value(residual: Tensor, pre: Tensor, u: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``lerp(residual, silu(pre), u)``, written into ``out`` (a new tensor when None)."""
+    gated = F.silu(pre) if out is None else torch.ops.aten.silu.out(pre, out=out)
     return torch.lerp(residual, gated, u, out=gated)
 
 

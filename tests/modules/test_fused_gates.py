@@ -232,7 +232,8 @@ def test_layer_with_active_hidden_dropout_takes_the_plain_path_and_agrees():
 
 
 class _NewTensorSizes(TorchDispatchMode):
-    """Records the element count of every tensor an op creates (outputs that share no input's storage)."""
+    """Records the element count of every tensor an op creates (outputs that share no input's
+    storage; meta tensors, which hold no memory, are not counted)."""
 
     def __init__(self):
         super().__init__()
@@ -242,16 +243,18 @@ class _NewTensorSizes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
+            if isinstance(tensor, torch.Tensor) and not tensor.is_meta and tensor.untyped_storage().data_ptr() not in inputs:
                 self.sizes.append(tensor.untyped_storage().nbytes() // tensor.element_size())
         return out
 
 
 def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
-    """With CPU blocks of 16 tokens, the projection functions work in block-sized buffers: the only
+    """With CPU blocks of 16 tokens, the gate functions work in block-sized buffers: the only
     tensors of Batch x Time x H elements or more they make are their outputs' gradients (v_pre's
-    and r_pre's; the gate projection's backward none). Whole-sequence temporaries (the previous
-    design: silu(v), the attention output, the gated product, mx_proj's output gradient) fail this."""
+    and r_pre's; the gate projection's backward none) and the gate projection's outputs; the
+    output gate makes only its output, its kept sum and its inputs' gradients. Whole-sequence
+    temporaries (the previous design: silu(v), the attention output, the gated product, mx and
+    mx_proj's output gradient; silu of the output gate's sum, its product with the gradient) fail this."""
     monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", 16)
     bsz, seq_len, frame, dim, zdim, hdim = 2, 64, 8, 6, 4, 10
     gen = torch.Generator().manual_seed(11)
@@ -271,16 +274,32 @@ def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
     ema_pre = torch.randn(seq_len, bsz, dim, generator=gen).requires_grad_(True)
     mx_proj = torch.nn.Linear(dim, 2 * dim + zdim + hdim)
     gamma, beta = torch.randn(2, zdim).requires_grad_(True), torch.randn(2, zdim).requires_grad_(True)
-    gates = project_gates(ema_pre, mx_proj.weight, mx_proj.bias, gamma, beta, dim, zdim, hdim)
+    with _NewTensorSizes() as forward:
+        gates = project_gates(ema_pre, mx_proj.weight, mx_proj.bias, gamma, beta, dim, zdim, hdim)
+    # u, [z | r_pre], hx, q and k (no whole mx = silu(ema_pre))
+    tokens = seq_len * bsz
+    assert sorted(n for n in forward.sizes if n >= tokens) == sorted([tokens * dim, tokens * (zdim + hdim), tokens * dim]
+                                                                     + [tokens * zdim] * 3)
     grads = [torch.randn(g.shape, generator=gen) for g in gates]
     with _NewTensorSizes() as backward:
         torch.autograd.backward(gates, grads)
     assert [n for n in backward.sizes if n >= whole] == []
 
+    residual, u, hx = (torch.randn(seq_len, bsz, dim, generator=gen).requires_grad_(True) for _ in range(3))
+    attended = torch.randn(bsz, seq_len, dim, generator=gen).requires_grad_(True)
+    inputs = (residual, attended.transpose(0, 1), u, hx)
+    with _NewTensorSizes() as forward:
+        out = GatedOutput.apply(*inputs)
+    assert [n for n in forward.sizes if n >= tokens * dim] == [tokens * dim] * 2  # the sum with hx, the output
+    grad_out = torch.randn(out.shape, generator=gen)
+    with _NewTensorSizes() as backward:  # the gradients taken at the inputs: no accumulation into leaves
+        torch.autograd.grad(out, inputs, grad_out)
+    assert [n for n in backward.sizes if n >= tokens * dim] == [tokens * dim] * 3  # grads of attended/hx, residual, u
+
 
 @pytest.mark.parametrize("with_hx", [True, False])
 @pytest.mark.parametrize("transposed", [True, False])
-def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed):
+def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed, cpu_block):
     gen = torch.Generator().manual_seed(7)
 
     def tensor(*shape):
