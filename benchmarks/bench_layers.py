@@ -41,7 +41,11 @@ shapes, i.e. the machine's matmul speed for this layer) are timed interleaved (t
 ``--reps``; so is the one-token decode step. Prints the time ratio old / new, the share of the
 layer time the projection GEMMs would take at the measured matmul speed ("% of matmul peak") and
 the decode step ratio, from the best times and (``paired_median``) as the median of each round's own
-ratio, which a machine whose load changes between rounds disturbs less.
+ratio, which a machine whose load changes between rounds disturbs less. A fourth function, timed in
+the same rounds, runs the layer's other GEMMs (the chunked attention's and the EMA blocked scan's
+batched matmuls, forward and backward, at the layer's shapes, random operands): with the projections
+it gives ``gemm_floor_ms``, the time every GEMM of the layer takes at the measured speed, which no
+implementation of the same math can beat, and ``max_speedup_at_gemm_floor`` = before / floor.
 """
 import argparse
 import json
@@ -226,6 +230,36 @@ def _interleaved_rounds(functions, reps):
     return times
 
 
+def _attention_and_ema_gemms(length, batch, width, zdim, hdim, ndim, chunk, scan_block):
+    """The layer's GEMMs besides the projections, forward + backward, at its shapes (random
+    operands, no other work): the chunked attention (scores ``q k^T``, ``weights @ v`` and their
+    four gradient products) and the EMA's blocked scan (in-block matmul with the block matrix and
+    boundary projections, the carried states' read-out, and their gradient products)."""
+    import torch
+
+    frames = batch * (length // chunk)
+    q, k = torch.randn(frames, chunk, zdim), torch.randn(frames, chunk, zdim)
+    weights, values, grad_out = torch.randn(frames, chunk, chunk), torch.randn(frames, chunk, hdim), torch.randn(frames, chunk, hdim)
+    blocks = batch * (length // scan_block)
+    x_blocks = torch.randn(width, blocks, scan_block)
+    matrix = torch.randn(width, scan_block, scan_block + ndim)
+    states, read_out = torch.randn(width, blocks, ndim), torch.randn(width, ndim, scan_block)
+    grad_product, grad_scan = torch.randn(width, blocks, scan_block + ndim), torch.randn(width, blocks, scan_block)
+
+    def run():
+        # attention: forward, then the gradients of weights @ v and of the scores
+        torch.bmm(q, k.transpose(1, 2)), torch.bmm(weights, values)
+        torch.bmm(grad_out, values.transpose(1, 2)), torch.bmm(weights.transpose(1, 2), grad_out)
+        torch.bmm(weights, k), torch.bmm(weights.transpose(1, 2), q)
+        # EMA: forward, then the gradients of both products
+        product = torch.bmm(x_blocks, matrix)
+        torch.baddbmm(product[..., :scan_block], states, read_out)
+        torch.bmm(grad_product, matrix.transpose(1, 2)), torch.bmm(x_blocks.transpose(1, 2), grad_product)
+        torch.bmm(grad_scan, read_out.transpose(1, 2)), torch.bmm(states.transpose(1, 2), grad_scan)
+
+    return run
+
+
 def _paired_median_ratio(numerator, denominator):
     """Median over rounds of ``numerator[i] / denominator[i]``: two runs of one round ran back to back, so
     their ratio is robust to load that changes between rounds (best-of-N of each is not)."""
@@ -271,8 +305,12 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
                 F.linear(attended, weights[2], biases[2])]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
-    rounds = _interleaved_rounds({"before": train_step(old), "after": train_step(new), "matmuls": matmuls},
-                                 spec["reps"])
+    from mega_fairseq.modules.ema_op import DEFAULT_SCAN_BLOCK
+
+    scan_block = new.move.scan_block or DEFAULT_SCAN_BLOCK
+    other_gemms = _attention_and_ema_gemms(length, batch, width, zdim, hdim, ndim, chunk, scan_block)
+    rounds = _interleaved_rounds({"before": train_step(old), "after": train_step(new), "matmuls": matmuls,
+                                  "other_gemms": other_gemms}, spec["reps"])
     train = {name: min(times) for name, times in rounds.items()}
     flops = 6 * length * batch * (width * hdim + width * (2 * width + zdim + hdim) + hdim * width)
 
@@ -298,6 +336,11 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
         percent_of_matmul_peak={"before": round(100 * train["matmuls"] / train["before"], 1),
                                 "after": round(100 * train["matmuls"] / train["after"], 1)},
         # the same two figures as medians of each round's own ratio (runs of one round are back to back)
+        # every GEMM the layer must run (projections, chunked attention, the EMA's blocked scan):
+        # no implementation of the same math is faster than this at the measured matmul speed
+        gemm_floor_ms=round((train["matmuls"] + train["other_gemms"]) * 1e3, 1),
+        gemm_floor_share_of_after=round((train["matmuls"] + train["other_gemms"]) / train["after"], 3),
+        max_speedup_at_gemm_floor=round(train["before"] / (train["matmuls"] + train["other_gemms"]), 3),
         paired_median={
             "train_speedup_before_over_after": round(_paired_median_ratio(rounds["before"], rounds["after"]), 3),
             "percent_of_matmul_peak": {
