@@ -404,7 +404,7 @@ class GatedOutput(torch.autograd.Function):
         grad_residual = torch.empty_like(residual, memory_format=torch.contiguous_format) if need_residual else None
         grad_u = torch.empty_like(u, memory_format=torch.contiguous_format) if need_u else None
         blocks = _time_blocks(residual)
-        buffer = pre.new_empty(min(blocks[0].stop, pre.size(0)) * pre[0].numel())
+        buffer = pre.new_empty((blocks[0].stop - blocks[0].start) * pre.size(1) * pre.size(2))
         for block in blocks:
             step_grad = grad_out[block]
             # d out / d gated = u; d out / d residual = 1 - u

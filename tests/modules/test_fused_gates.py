@@ -326,6 +326,14 @@ def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed, 
     assert grad_holder["grad"].stride() == attended.stride()
 
 
+def test_gated_output_of_an_empty_sequence():
+    residual, u, hx = (torch.randn(0, 2, 4, requires_grad=True) for _ in range(3))
+    attended = torch.randn(2, 0, 4, requires_grad=True)
+    out = GatedOutput.apply(residual, attended.transpose(0, 1), u, hx)
+    out.sum().backward()
+    assert out.shape == (0, 2, 4) and attended.grad.shape == (2, 0, 4) and residual.grad.shape == (0, 2, 4)
+
+
 def test_cpu_blocks_are_a_quarter_of_the_tokens_within_bounds():
     """Blocks bound the temporaries to a fraction of the call's tensors and keep GEMMs long
     enough to amortise packing the weights; other devices run one block."""
