@@ -383,7 +383,10 @@ def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, 
     # the in-block convolution and the boundary states of each block's own inputs (to the block's
     # end: causal; to its start: anti-causal) in one matmul: R x (B nb) x (C + N [+ N])
     product = _blocks_times_matrix(x, num_blocks, block, causal, anti_causal, True, residual)
-    own = product[..., block:].reshape(rows, bsz, num_blocks, -1)
+    # one split: its backward joins the two gradients in one copy (two slices would each zero-fill
+    # a product-sized gradient and add them)
+    in_block, own = product.split([block, product.size(-1) - block], dim=-1)
+    own = own.reshape(rows, bsz, num_blocks, -1)
     read_out = _read_out(causal, anti_causal, block)
 
     carried = []  # the state each block receives from the others, R x B x nb x N per direction
@@ -404,7 +407,7 @@ def _scan(x, scan_block, causal, anti_causal, initial_state, return_last_state, 
         states_anti = _doubling_scan(own_anti.flip(2), anti_causal.log_q, block).flip(2)
         carried.append(F.pad(states_anti[:, :, 1:], (0, 0, 0, 1)))
     carried_all = torch.cat(carried, dim=-1) if len(carried) > 1 else carried[0]
-    out = torch.baddbmm(product[..., :block], carried_all.reshape(rows, bsz * num_blocks, -1), read_out)
+    out = torch.baddbmm(in_block, carried_all.reshape(rows, bsz * num_blocks, -1), read_out)
     out = swap_time_and_channels(out.view(rows, bsz, padded))[:length]  # L x B x R
     if not return_last_state:
         return out
