@@ -12,9 +12,9 @@ projection as three GEMMs into separate buffers (``u``, ``[z | r_pre]``, ``hx``)
 freed as soon as the output gate has used it, and keeps only ``e``, ``u`` and ``[z | r_pre]``:
 ``mx`` and ``z`` are recomputed in the backward (one silu over ``D`` and ``Z`` values a token).
 That is ``2 D + Z`` fewer values per token kept for the backward (1,088 of 2,432 at d=512, z=128,
-h=1024), and one ``base``-sized buffer fewer in the forward. The backward forms the gradient of
-``base`` a run of time steps at a time in one reused buffer
-(:func:`~.fused_gates.block_tokens` tokens on the CPU), not as one ``base``-sized tensor.
+h=1024), and one ``base``-sized buffer fewer in the forward. On the CPU both directions run a
+run of time steps at a time (:func:`~.fused_gates.block_tokens` tokens) in reused buffers: the
+forward forms ``mx`` block by block (never whole), the backward the gradient of ``base``.
 """
 
 import functools
@@ -85,7 +85,7 @@ class GateProjection(torch.autograd.Function):
         grad_bias = weight.new_zeros(weight.size(0)) if ctx.has_bias and need_bias else None
         # the gradient of base = mx_proj(mx), a run of time steps at a time in one reused buffer
         # (see block_tokens); the gates' gradients are read with whatever strides they have
-        steps = min(_block_steps(ema_pre), seq_len)
+        steps = max(1, min(_block_steps(ema_pre), seq_len))
         grad_buffer = ema_pre.new_empty(steps * bsz * weight.size(0))
         mx_buffer = ema_pre.new_empty(steps * bsz * embed_dim) if need_weight else None
         for start in range(0, seq_len, steps):

@@ -326,12 +326,19 @@ def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed, 
     assert grad_holder["grad"].stride() == attended.stride()
 
 
-def test_gated_output_of_an_empty_sequence():
+def test_gate_functions_of_an_empty_sequence():
     residual, u, hx = (torch.randn(0, 2, 4, requires_grad=True) for _ in range(3))
     attended = torch.randn(2, 0, 4, requires_grad=True)
     out = GatedOutput.apply(residual, attended.transpose(0, 1), u, hx)
     out.sum().backward()
     assert out.shape == (0, 2, 4) and attended.grad.shape == (2, 0, 4) and residual.grad.shape == (0, 2, 4)
+    ema_pre = torch.randn(0, 2, 4, requires_grad=True)
+    mx_proj = torch.nn.Linear(4, 2 * 4 + 3 + 5)
+    gamma, beta = torch.randn(2, 3).requires_grad_(True), torch.randn(2, 3).requires_grad_(True)
+    gates = project_gates(ema_pre, mx_proj.weight, mx_proj.bias, gamma, beta, 4, 3, 5)
+    sum(g.sum() for g in gates).backward()
+    assert [tuple(g.shape) for g in gates] == [(0, 2, 4), (2, 0, 3), (2, 0, 3), (0, 2, 5), (0, 2, 4)]
+    assert ema_pre.grad.shape == (0, 2, 4) and mx_proj.weight.grad.abs().sum() == 0
 
 
 def test_cpu_blocks_are_a_quarter_of_the_tokens_within_bounds():
