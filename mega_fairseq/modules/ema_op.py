@@ -2,8 +2,9 @@
 
 :func:`multi_head_ema` takes the input (Time x Batch x D), the EMA coefficients and the options,
 and is the only place that decides how the EMA is computed. Its definition is the plain
-recurrence :func:`~.ema_reference.ema_reference`, which takes the same arguments; the tests pair
-the two on a grid of lengths (up to several thousand steps), values and gradients.
+recurrence :func:`~.ema_reference.ema_reference`, which takes the same arguments (the optional
+``omega`` residual aside: the op's output is then the reference plus ``omega * x``); the tests
+pair the two on a grid of lengths (up to several thousand steps), values and gradients.
 
 Whole sequences (no ``initial_state``, no ``return_last_state``) use ``algorithm``:
 
