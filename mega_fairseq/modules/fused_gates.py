@@ -21,7 +21,7 @@ it runs block by block in reused work buffers (:data:`CPU_BLOCK_TOKENS`).
 """
 
 import functools
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -373,18 +373,12 @@ class GatedOutput(torch.autograd.Function):
         # the strides empty_like would give (attended's own when dense), without allocating
         layout = torch.empty_like(attended, device="meta")
         ctx.attended_layout = (layout.shape, layout.stride())
-        # torch.compile's fake tensors mistrace blocked writes into views: whole tensors there
-        ctx.blocked = not compiling()
-        if ctx.blocked:
-            pre = attended if hx is None else torch.empty_like(hx, memory_format=torch.contiguous_format)
-            out = torch.empty_like(residual, memory_format=torch.contiguous_format)
-            for block in _time_blocks(residual):
-                if hx is not None:
-                    torch.add(hx[block], attended[block], out=pre[block])
-                _gated_output_value(residual[block], pre[block], u[block], out=out[block])
-        else:
-            pre = attended if hx is None else hx + attended
-            out = _gated_output_value(residual, pre, u)
+        pre = attended if hx is None else torch.empty_like(hx, memory_format=torch.contiguous_format)
+        out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+        for block in time_blocks(residual):
+            if hx is not None:
+                torch.add(hx[block], attended[block], out=pre[block])
+            _gated_output_value(residual[block], pre[block], u[block], out=out[block])
         ctx.save_for_backward(residual, u, pre)
         # whoever keeps the output (the feed-forward network, a post-norm) gets it remade from these three
         return recompute_on_backward(out, functools.partial(_gated_output_value, residual, pre, u))
@@ -395,15 +389,9 @@ class GatedOutput(torch.autograd.Function):
         need_residual, _, need_u = ctx.needs_input_grad[:3]
         shape, stride = ctx.attended_layout
         grad_pre = torch.empty_strided(shape, stride, dtype=pre.dtype, device=pre.device)
-        if not ctx.blocked:
-            grad_gated = grad_out * u
-            grad_residual = grad_out - grad_gated if need_residual else None
-            grad_u = F.silu(pre).sub_(residual).mul_(grad_out) if need_u else None
-            torch.ops.aten.silu_backward.grad_input(grad_gated, pre, grad_input=grad_pre)
-            return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
         grad_residual = torch.empty_like(residual, memory_format=torch.contiguous_format) if need_residual else None
         grad_u = torch.empty_like(u, memory_format=torch.contiguous_format) if need_u else None
-        blocks = _time_blocks(residual)
+        blocks = time_blocks(residual)
         buffer = pre.new_empty((blocks[0].stop - blocks[0].start) * pre.size(1) * pre.size(2))
         for block in blocks:
             step_grad = grad_out[block]
@@ -419,8 +407,9 @@ class GatedOutput(torch.autograd.Function):
         return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
 
 
-def _time_blocks(x: Tensor):
-    """Slices of dim 0 of a Time x Batch x D tensor, :func:`block_tokens` tokens each."""
+def time_blocks(x: Tensor) -> List[slice]:
+    """Runs of time steps, :func:`block_tokens` tokens each (at least one step), as slices of dim 0
+    of a Time x Batch x ... tensor; one empty slice for an empty sequence."""
     seq_len, bsz = x.shape[:2]
     steps = max(1, block_tokens(x.device, seq_len * bsz) // max(1, bsz))
     return [slice(start, min(seq_len, start + steps)) for start in range(0, max(seq_len, 1), steps)]
@@ -435,10 +424,11 @@ def _gated_output_value(residual: Tensor, pre: Tensor, u: Tensor, out: Optional[
 def gated_output(residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]) -> Tensor:
     """``residual + u * (silu(attended + hx) - residual)`` (``hx`` may be None), Time x Batch x D.
 
-    Through :class:`GatedOutput` when a gradient is needed, else plain ops (same values).
+    Through :class:`GatedOutput` when a gradient is needed, else (or under torch.compile, which fuses
+    the plain ops itself) plain ops (same values).
     """
     tensors = (residual, attended, u, hx)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if not compiling() and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return GatedOutput.apply(residual, attended, u, hx)
     pre = attended if hx is None else hx + attended
     return torch.lerp(residual, F.silu(pre), u)

@@ -28,11 +28,10 @@ from .fused_gates import (
     GateTensors,
     _batch_first_query_key,
     batch_first_query_or_key,
-    block_tokens,
     query_key_gradients,
+    time_blocks,
     write_gate_gradient,
 )
-from .fusion_guard import compiling
 from .recomputed_activations import recompute_on_backward
 
 
@@ -51,15 +50,7 @@ class GateProjection(torch.autograd.Function):
         sizes = [embed_dim, zdim + hdim, embed_dim]
         weights = weight.split(sizes)
         biases = bias.split(sizes) if bias is not None else (None, None, None)
-        if compiling():
-            # torch.compile's fake tensors mistrace the blocked writes below: whole tensors
-            mx = F.silu(ema_pre).reshape(seq_len * bsz, embed_dim)
-            u = F.linear(mx, weights[0], biases[0]).sigmoid_().view(seq_len, bsz, embed_dim)
-            zr = F.linear(mx, weights[1], biases[1])  # (T B) x (Z + H): z, then r_pre
-            hx = F.linear(mx, weights[2], biases[2]).view(seq_len, bsz, embed_dim)
-            del mx
-        else:
-            u, zr, hx = _project_in_blocks(ema_pre, weights, biases)
+        u, zr, hx = _project_in_blocks(ema_pre, weights, biases)  # zr: (T B) x (Z + H), z then r_pre
         z = F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim)
         q, k = _batch_first_query_key(z, gamma, beta)
         # q and k are not kept by the attention's score matmul: remade from the kept [z | r_pre]
@@ -84,16 +75,16 @@ class GateProjection(torch.autograd.Function):
         grad_weight = weight.new_zeros(weight.shape) if need_weight else None
         grad_bias = weight.new_zeros(weight.size(0)) if ctx.has_bias and need_bias else None
         # the gradient of base = mx_proj(mx), a run of time steps at a time in one reused buffer
-        # (see block_tokens); the gates' gradients are read with whatever strides they have
-        steps = max(1, min(_block_steps(ema_pre), seq_len))
+        # (see time_blocks); the gates' gradients are read with whatever strides they have
+        blocks = time_blocks(ema_pre)
+        steps = blocks[0].stop - blocks[0].start
         grad_buffer = ema_pre.new_empty(steps * bsz * weight.size(0))
         mx_buffer = ema_pre.new_empty(steps * bsz * embed_dim) if need_weight else None
-        for start in range(0, seq_len, steps):
-            block = slice(start, min(seq_len, start + steps))
-            count = (block.stop - start) * bsz
-            grad_base = grad_buffer[: count * weight.size(0)].view(count, -1)
-            write_gate_gradient(grad_base.view(-1, bsz, weight.size(0)), *(None if t is None else t[block] for t in grads),
-                                embed_dim, zdim)
+        for block in blocks:
+            count = (block.stop - block.start) * bsz
+            grad_base = grad_buffer[: count * weight.size(0)].view(count, weight.size(0))
+            write_gate_gradient(grad_base.view(block.stop - block.start, bsz, weight.size(0)),
+                                *(None if t is None else t[block] for t in grads), embed_dim, zdim)
             mx_pre = ema_pre[block].reshape(count, embed_dim)
             if need_weight:
                 mx = torch.ops.aten.silu.out(mx_pre, out=mx_buffer[: count * embed_dim].view(count, embed_dim))
@@ -108,19 +99,18 @@ class GateProjection(torch.autograd.Function):
 
 def _project_in_blocks(ema_pre: Tensor, weights, biases) -> Tuple[Tensor, Tensor, Tensor]:
     """``(u, [z | r_pre], hx)`` of :meth:`GateProjection.forward`, with ``mx = silu(ema_pre)`` formed
-    a run of time steps at a time in one reused buffer (see :func:`_block_steps`), never whole."""
+    a run of time steps at a time in one reused buffer (see :func:`~.fused_gates.time_blocks`), never whole."""
     seq_len, bsz, embed_dim = ema_pre.shape
     u = ema_pre.new_empty(seq_len, bsz, embed_dim)
     zr = ema_pre.new_empty(seq_len * bsz, weights[1].size(0))
     hx = ema_pre.new_empty(seq_len, bsz, embed_dim)
     outputs = (u.view(-1, embed_dim), zr, hx.view(-1, embed_dim))
-    steps = _block_steps(ema_pre)
-    mx_buffer = ema_pre.new_empty(min(steps, seq_len) * bsz * embed_dim)
-    for start in range(0, seq_len, steps):
-        block = slice(start, min(seq_len, start + steps))
-        rows = slice(start * bsz, block.stop * bsz)
+    blocks = time_blocks(ema_pre)
+    mx_buffer = ema_pre.new_empty((blocks[0].stop - blocks[0].start) * bsz * embed_dim)
+    for block in blocks:
+        rows = slice(block.start * bsz, block.stop * bsz)
         count = rows.stop - rows.start
-        mx = mx_buffer[: count * embed_dim].view(-1, bsz, embed_dim)
+        mx = mx_buffer[: count * embed_dim].view(block.stop - block.start, bsz, embed_dim)
         torch.ops.aten.silu.out(ema_pre[block], out=mx)
         mx = mx.view(count, embed_dim)
         for piece, piece_weight, piece_bias in zip(outputs, weights, biases):
@@ -130,12 +120,6 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases) -> Tuple[Tensor, Tensor
                 torch.addmm(piece_bias, mx, piece_weight.t(), out=piece[rows])
         outputs[0][rows].sigmoid_()
     return u, zr, hx
-
-
-def _block_steps(ema_pre: Tensor) -> int:
-    """Time steps a block of the forward and backward takes (:func:`~.fused_gates.block_tokens` tokens)."""
-    seq_len, bsz, _ = ema_pre.shape
-    return max(1, block_tokens(ema_pre.device, seq_len * bsz) // bsz)
 
 
 def _query_or_key(zr: Tensor, gamma: Tensor, beta: Tensor, index: int, seq_len: int, bsz: int, zdim: int) -> Tensor:

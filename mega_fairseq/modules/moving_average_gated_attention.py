@@ -13,7 +13,7 @@ from .attention_weights import attention_weights, causal_attention_mask
 from .batch_first_linear import batch_first_linear
 from .exponential_moving_average import MultiHeadEMA
 from .fused_gates import attend_values, gated_attention_projection, split_gates
-from .fusion_guard import fused_autograd_applies, plain_module
+from .fusion_guard import compiling, fused_autograd_applies, plain_module
 from .gate_projection import project_gates
 from .gated_attention_base import GatedAttentionBase
 from .recomputed_activations import recompute_applies, recompute_scope
@@ -209,9 +209,9 @@ class MovingAverageGatedAttention(GatedAttentionBase):
     def _fuse_gate_projection(self, ema_pre: Tensor) -> bool:
         """Whether :func:`~.gate_projection.project_gates` may replace dropout + ``mx_proj`` + split:
         a gradient is needed, no dropout on mx, ``mx_proj`` is a plain ``nn.Linear`` without hooks,
-        no autocast and one dtype."""
+        no autocast and one dtype, not under torch.compile (which fuses the plain ops itself)."""
         proj = self.mx_proj
-        if self.dropout.is_active() or not plain_module(proj, nn.Linear):
+        if self.dropout.is_active() or not plain_module(proj, nn.Linear) or compiling():
             return False
         return fused_autograd_applies(ema_pre, proj.weight, proj.bias, self.gamma, self.beta)
 
