@@ -170,8 +170,8 @@ def _directions(coefficients, has_causal: bool, has_anti_causal: bool):
     ``R x N`` tensors, then the optional ``R`` residual."""
     causal = EMARows(*coefficients[:3]) if has_causal else None
     anti_causal = EMARows(*coefficients[3 * has_causal : 3 * has_causal + 3]) if has_anti_causal else None
-    residual = coefficients[3 * (has_causal + has_anti_causal)] if len(coefficients) > 3 * (has_causal + has_anti_causal) else None
-    return causal, anti_causal, residual
+    rest = coefficients[3 * (has_causal + has_anti_causal):]
+    return causal, anti_causal, (rest[0] if rest else None)
 
 
 class _BlocksTimesMatrix(torch.autograd.Function):
