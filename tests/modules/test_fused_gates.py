@@ -341,11 +341,13 @@ def test_gate_functions_of_an_empty_sequence():
     assert ema_pre.grad.shape == (0, 2, 4) and mx_proj.weight.grad.abs().sum() == 0
 
 
-def test_cpu_blocks_are_a_quarter_of_the_tokens_within_bounds():
-    """Blocks bound the temporaries to a fraction of the call's tensors and keep GEMMs long
-    enough to amortise packing the weights; other devices run one block."""
+def test_cpu_blocks_have_a_fixed_size_other_devices_run_one_block(monkeypatch):
+    """CPU blocks are CPU_BLOCK_TOKENS tokens whatever the call's size (their buffers stay in
+    cache); other devices run one block."""
     from mega_fairseq.modules.fused_gates import block_tokens
 
     cpu = torch.device("cpu")
-    assert [block_tokens(cpu, n) for n in (100, 2048, 8192, 1 << 20)] == [512, 512, 2048, 4096]
+    assert [block_tokens(cpu, n) for n in (100, 2048, 8192, 1 << 20)] == [512] * 4
+    monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", 64)
+    assert block_tokens(cpu, 8192) == 64
     assert block_tokens(torch.device("meta"), 8192) == 8192
