@@ -1,8 +1,9 @@
-"""MultiHeadEMA whole-sequence paths: dense Toeplitz, FFT and blocked scan (forward + backward).
+"""MultiHeadEMA whole-sequence paths: dense Toeplitz, FFT, blocked scan and the compiled
+recurrence (forward + backward).
 
 Prints JSON: for each length, the time per token of ``conv_algorithm="toeplitz"`` (lengths up
-to 256), ``"fft"``, ``"blocked_scan"`` at several ``scan_block`` lengths and ``"auto"`` (what the module
-picks). Used to choose the automatic rule in ``ema_op.py``.
+to 256), ``"fft"``, ``"blocked_scan"`` at several ``scan_block`` lengths, ``"recurrence"`` (when
+the kernel is installed) and ``"auto"`` (what the module picks). Used to choose the automatic rule in ``ema_op.py``.
 Time is the minimum over ``--reps`` calls after one warm-up call.
 
     python benchmarks/bench_ema.py [--width 256] [--ndim 16] [--tokens 8192] [--quick]
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from mega_fairseq.modules import ema_recurrence
 from mega_fairseq.modules.exponential_moving_average import MultiHeadEMA
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +158,8 @@ def main():
         paths = [("fft", None), ("blocked_scan", 32), ("blocked_scan", 64), ("blocked_scan", 128), ("auto", None)]
         if length <= 256:
             paths.insert(0, ("toeplitz", None))
+        if ema_recurrence.available():
+            paths.insert(-1, ("recurrence", None))
         for algorithm, block in paths:
             module.conv_algorithm, module.scan_block = algorithm, block
             name = algorithm if block is None else "{}_{}".format(algorithm, block)

@@ -42,10 +42,11 @@ shapes, i.e. the machine's matmul speed for this layer) are timed interleaved (t
 layer time the projection GEMMs would take at the measured matmul speed ("% of matmul peak") and
 the decode step ratio, from the best times and (``paired_median``) as the median of each round's own
 ratio, which a machine whose load changes between rounds disturbs less. A fourth function, timed in
-the same rounds, runs the layer's other GEMMs (the chunked attention's and the EMA blocked scan's
-batched matmuls, forward and backward, at the layer's shapes, random operands): with the projections
-it gives ``gemm_floor_ms``, the time every GEMM of the layer takes at the measured speed, which no
-implementation of the same math can beat, and ``max_speedup_at_gemm_floor`` = before / floor.
+the same rounds, runs the layer's other GEMMs (the chunked attention's batched matmuls, and the EMA
+blocked scan's when the layer's EMA runs it rather than the compiled recurrence, which has none;
+forward and backward, at the layer's shapes, random operands): with the projections it gives
+``gemm_floor_ms``, the time the GEMMs of the layer take at the measured speed, and
+``max_speedup_at_gemm_floor`` = before / floor.
 """
 import argparse
 import json
@@ -230,11 +231,12 @@ def _interleaved_rounds(functions, reps):
     return times
 
 
-def _attention_and_ema_gemms(length, batch, width, zdim, hdim, ndim, chunk, scan_block):
+def _attention_and_ema_gemms(length, batch, width, zdim, hdim, ndim, chunk, scan_block, with_ema=True):
     """The layer's GEMMs besides the projections, forward + backward, at its shapes (random
     operands, no other work): the chunked attention (scores ``q k^T``, ``weights @ v`` and their
-    four gradient products) and the EMA's blocked scan (in-block matmul with the block matrix and
-    boundary projections, the carried states' read-out, and their gradient products)."""
+    four gradient products) and, ``with_ema`` (the EMA runs its blocked scan), the blocked scan's
+    (in-block matmul with the block matrix and boundary projections, the carried states' read-out,
+    and their gradient products). The compiled recurrence runs no GEMM."""
     import torch
 
     frames = batch * (length // chunk)
@@ -251,6 +253,8 @@ def _attention_and_ema_gemms(length, batch, width, zdim, hdim, ndim, chunk, scan
         torch.bmm(q, k.transpose(1, 2)), torch.bmm(weights, values)
         torch.bmm(grad_out, values.transpose(1, 2)), torch.bmm(weights.transpose(1, 2), grad_out)
         torch.bmm(weights, k), torch.bmm(weights.transpose(1, 2), q)
+        if not with_ema:
+            return
         # EMA: forward, then the gradients of both products
         product = torch.bmm(x_blocks, matrix)
         torch.baddbmm(product[..., :scan_block], states, read_out)
@@ -307,8 +311,12 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
 
     from mega_fairseq.modules.ema_op import DEFAULT_SCAN_BLOCK
 
+    from mega_fairseq.modules import ema_recurrence
+
     scan_block = new.move.scan_block or DEFAULT_SCAN_BLOCK
-    other_gemms = _attention_and_ema_gemms(length, batch, width, zdim, hdim, ndim, chunk, scan_block)
+    # the new layer's EMA ("auto") runs the compiled recurrence when installed: no GEMM of its own
+    ema_gemms = not ema_recurrence.applies(x.detach())
+    other_gemms = _attention_and_ema_gemms(length, batch, width, zdim, hdim, ndim, chunk, scan_block, ema_gemms)
     rounds = _interleaved_rounds({"before": train_step(old), "after": train_step(new), "matmuls": matmuls,
                                   "other_gemms": other_gemms}, spec["reps"])
     train = {name: min(times) for name, times in rounds.items()}
@@ -329,7 +337,8 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
                 steps[name].append(time.perf_counter() - start)
     step_median = {name: median(times) for name, times in steps.items()}
     return dict(
-        config=dict(spec, baseline_rev=rev, baseline_scope=scope, threads=threads, torch=torch.__version__),
+        config=dict(spec, baseline_rev=rev, baseline_scope=scope, threads=threads, torch=torch.__version__,
+                    ema="blocked_scan" if ema_gemms else "recurrence (compiled)"),
         max_abs_output_diff=same_output,
         train_fwd_bwd_ms={name: round(value * 1e3, 1) for name, value in train.items()},
         matmul_gflops=round(flops / train["matmuls"] / 1e9, 1),

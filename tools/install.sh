@@ -48,7 +48,7 @@ if [ -f "$SDIST" ]; then check_sdist; fi
 
 # --- fast path: nothing changed since the last successful install ---------------------------
 KEY="$(cat "$CONSTRAINTS" "$ROOT/requirements/requirements.txt" "$ROOT/tools/fairseq_compat/patches.py" \
-        "$ROOT/setup.py" "$0" | sha256sum | cut -c1-16)"
+        "$ROOT/setup.py" "$ROOT/mega_fairseq/csrc/"*.cpp "$0" | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -x "$VENV/bin/python" ]; then
   echo "mega-fairseq environment is up to date ($VENV)."
   exit 0
@@ -114,12 +114,18 @@ step "installing $(basename "$WHEEL")"
 # --- 5. the plugin itself, editable ------------------------------------------------------------
 step "installing mega_fairseq (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT" || die "could not install mega_fairseq from $ROOT"
+# the compiled EMA kernel, next to the sources the editable install points at (about a minute;
+# optional: without a C++ compiler the EMA runs its blocked scan, and setup.py says so)
+step "building the EMA kernel (mega_fairseq/csrc)"
+(cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace 2>&1 | grep "^mega_fairseq:" >&2 || true)
 
 # --- 6. smoke check ------------------------------------------------------------------------------
 "$VENV/bin/python" - <<'PYCHECK' || die "the installed stack does not import (see the traceback above)."
 import fairseq, torch, mega_fairseq
 assert fairseq.__version__.startswith("0.12.2+mega"), fairseq.__version__
-print(f"fairseq {fairseq.__version__}, torch {torch.__version__}, mega_fairseq {mega_fairseq.__version__}")
+from mega_fairseq.modules.ema_recurrence import available
+print(f"fairseq {fairseq.__version__}, torch {torch.__version__}, mega_fairseq {mega_fairseq.__version__}, "
+      f"EMA kernel {'built' if available() else 'not built (blocked scan)'}")
 PYCHECK
 echo "$KEY" > "$STAMP"
 echo "mega-fairseq environment ready: $VENV"

@@ -12,8 +12,11 @@ Whole sequences (no ``initial_state``, no ``return_last_state``) use ``algorithm
 * ``"fft"``: FFT convolution along time (:mod:`.ema_fft`);
 * ``"blocked_scan"``: blocks of ``scan_block`` steps, in-block Toeplitz matmuls plus a scan of the
   N-dimensional state across blocks (:mod:`.ema_blocked_scan`);
-* ``"auto"``: Toeplitz up to 64 steps, then the blocked scan from 256 steps or 2048 tokens per
-  call, the FFT in between (measured with ``benchmarks/bench_ema.py``).
+* ``"recurrence"``: the plain recurrence itself, run by the compiled CPU kernel
+  (:mod:`.ema_recurrence`; untruncated EMA, float32/float64 CPU tensors, kernel installed);
+* ``"auto"``: the compiled recurrence where it applies (about twice as fast as the blocked scan
+  on the CPU, forward + backward: ``benchmarks/bench_ema.py``); otherwise Toeplitz up to 64
+  steps, then the blocked scan from 256 steps or 2048 tokens per call, the FFT in between.
 
 Streaming (``initial_state`` and/or ``return_last_state``, causal only) continues a sequence from
 a saved state and hands back the state after the last input, so a prefill's last state feeds the
@@ -36,13 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import ema_recurrence as recurrence
 from .ema_blocked_scan import EMARows, blocked_scan_ema
 from .ema_fft import fft_conv
 from .ema_kernel import ema_kernel
 from .ema_layout import swap_time_and_channels
 from .ema_toeplitz import toeplitz_conv_tbd
 
-ALGORITHMS = ("auto", "toeplitz", "fft", "blocked_scan")
+ALGORITHMS = ("auto", "toeplitz", "fft", "blocked_scan", "recurrence")
 DEFAULT_SCAN_BLOCK = 64  # best or tied in benchmarks/bench_ema.py (block 32 / 64 / 128)
 # Measured with benchmarks/bench_ema.py (CPU, 1 thread, forward + backward): one dense L x L
 # matmul per channel is fastest up to 64 steps. Beyond, the FFT wins only for small calls (the
@@ -57,7 +61,8 @@ BLOCKED_SCAN_MIN_TOKENS = 2048
 
 
 def pick_algorithm(algorithm: str, length: int, bsz: int) -> str:
-    """The whole-sequence algorithm that ``algorithm`` (one of :data:`ALGORITHMS`) means for ``length x bsz``."""
+    """The whole-sequence algorithm that ``algorithm`` (one of :data:`ALGORITHMS`) means for ``length x bsz``
+    where the compiled recurrence does not apply (see :func:`_whole_sequence`)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(
             "algorithm (MultiHeadEMA.conv_algorithm) must be one of {}, got {!r}".format(ALGORITHMS, algorithm)
@@ -126,6 +131,14 @@ def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Op
                     algorithm: str, block: int, omega: Optional[Tensor] = None) -> Tensor:
     """Stateless EMA of a whole ``T x B x D`` sequence by the chosen algorithm (plus ``omega * x``)."""
     length = x.size(0)
+    if algorithm in ("auto", "recurrence") and window is None and recurrence.applies(x, coefficients.q, omega):
+        q, p_beta, gamma = coefficients.q, coefficients.p_beta, coefficients.gamma
+        return recurrence.recurrence_ema(x, q, p_beta, gamma, bidirectional, omega)
+    if algorithm == "recurrence":
+        raise ValueError(
+            "algorithm 'recurrence' needs the compiled kernel (installed: {}), an untruncated EMA (window: {}) and "
+            "float32/float64 CPU tensors (x: {} on {}); choose another algorithm, e.g. 'auto'".format(
+                recurrence.available(), window, x.dtype, x.device))
     chosen = pick_algorithm(algorithm, length, x.size(1))
     if chosen == "blocked_scan":
         return _blocked_scan(x, coefficients, dim, window, bidirectional, block, omega)

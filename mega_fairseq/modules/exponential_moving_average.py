@@ -32,6 +32,7 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 
 from .ema_kernel import ema_kernel
 from .ema_op import multi_head_ema, recurrence_step
+from .fusion_guard import compiling
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -50,9 +51,11 @@ class MultiHeadEMA(nn.Module):
             ``<= 0`` disables truncation.
 
     Attribute ``conv_algorithm`` picks the whole-sequence path: ``"auto"``
-    (default: dense Toeplitz matmul up to 64 steps, then FFT or blocked scan),
-    ``"toeplitz"``, ``"fft"`` or ``"blocked_scan"``; ``scan_block`` is the block
-    length of the blocked scan (``None`` = 64). Decoding steps always run the
+    (default: on the CPU the compiled recurrence of :mod:`.ema_recurrence` when it
+    is installed and the EMA is untruncated; otherwise dense Toeplitz matmul up to
+    64 steps, then FFT or blocked scan), ``"recurrence"``, ``"toeplitz"``, ``"fft"``
+    or ``"blocked_scan"``; ``scan_block`` is the block length of the blocked scan
+    (``None`` = 64). Decoding steps always run the
     recurrence (one token) or the blocked scan from the saved state
     (see :mod:`.ema_op`).
     """
@@ -133,7 +136,7 @@ class MultiHeadEMA(nn.Module):
     def _cache_allowed(self) -> bool:
         if self.training:
             return False
-        if torch.compiler.is_compiling():
+        if compiling():
             return False  # a compiled graph computes the coefficients itself (no data-pointer checks)
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return False  # the result must stay differentiable

@@ -3,7 +3,8 @@
 Every path is paired with the reference, values and gradients (of the input, the three
 coefficient tensors and the initial state), in float64:
 
-* whole sequences: dense Toeplitz, FFT, blocked scan (default and odd block lengths), ``auto``;
+* whole sequences: dense Toeplitz, FFT, blocked scan (default and odd block lengths), the
+  compiled recurrence, ``auto`` (and ``auto`` without the compiled kernel);
   causal and bidirectional; untruncated, truncated, window longer than the sequence;
 * streaming: one-token steps, multi-token steps, prefill handing its last state to decoding;
 * lengths from 1 to 5000 (the long cases use D=4, N=2, B=1 to stay fast; the dense Toeplitz
@@ -17,7 +18,7 @@ to the official float64 fixtures.
 import pytest
 import torch
 
-from mega_fairseq.modules import ema_blocked_scan
+from mega_fairseq.modules import ema_blocked_scan, ema_recurrence
 from mega_fairseq.modules.ema_layout import swap_time_and_channels
 from mega_fairseq.modules.ema_op import ALGORITHMS, multi_head_ema, pick_algorithm
 from mega_fairseq.modules.ema_reference import ema_reference
@@ -27,8 +28,9 @@ from helpers import load_fixture, max_diff
 
 TOL = 1e-9  # relative to the largest reference value; both run in float64
 
-WHOLE_SEQUENCE_PATHS = [("toeplitz", None), ("fft", None), ("blocked_scan", None), ("blocked_scan", 3), ("auto", None)]
-LONG_PATHS = [("fft", None), ("blocked_scan", None), ("blocked_scan", 100), ("auto", None)]
+WHOLE_SEQUENCE_PATHS = [("toeplitz", None), ("fft", None), ("blocked_scan", None), ("blocked_scan", 3), ("auto", None),
+                        ("recurrence", None)]
+LONG_PATHS = [("fft", None), ("blocked_scan", None), ("blocked_scan", 100), ("auto", None), ("recurrence", None)]
 
 
 def random_coefficients(rows, ndim, seed):
@@ -108,6 +110,10 @@ def check_whole_sequence(length, bsz, dim, ndim, bidirectional, window, paths, s
         reference = reference + omega * x
     expected = values_and_gradients([reference], leaves, seed)
     for algorithm, block in paths:
+        if algorithm == "recurrence" and window is not None:
+            with pytest.raises(ValueError, match="untruncated"):
+                multi_head_ema(x, q, p_beta, gamma, bidirectional=bidirectional, window=window, algorithm=algorithm)
+            continue
         out = multi_head_ema(
             x, q, p_beta, gamma, bidirectional=bidirectional, window=window, algorithm=algorithm, scan_block=block,
             omega=omega,
@@ -127,6 +133,61 @@ def test_whole_sequence_paths_equal_reference(length, bidirectional, window, wit
 @pytest.mark.parametrize("length,bidirectional", [(5000, False), (4096, True)])
 def test_long_whole_sequence_paths_equal_reference(length, bidirectional, window):
     check_whole_sequence(length, 1, 4, 2, bidirectional, window, LONG_PATHS, seed=length + 7, with_omega=window is None)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("with_omega", [False, True], ids=["ema", "ema+omega"])
+def test_auto_without_the_compiled_kernel_equals_reference(monkeypatch, bidirectional, with_omega):
+    """Where the kernel is not installed, ``auto`` (and so every layer) runs the other paths."""
+    monkeypatch.setattr(ema_recurrence, "_kernel", None)
+    assert not ema_recurrence.available()
+    for length in (40, 300):
+        check_whole_sequence(length, 2, 3, 2, bidirectional, None, [("auto", None)], seed=length,
+                             with_omega=with_omega)
+    q, p_beta, gamma = random_coefficients(3, 2, 0)
+    with pytest.raises(ValueError, match="compiled kernel"):
+        multi_head_ema(torch.randn(5, 1, 3, dtype=torch.float64), q, p_beta, gamma, algorithm="recurrence")
+
+
+def test_compiled_kernel_is_installed():
+    """``make install`` builds it (tools/install.sh); a broken build must not pass unnoticed."""
+    assert ema_recurrence.available()
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrence_in_float32_agrees_with_float64_reference(bidirectional):
+    """Layer sizes in float32: within float32 rounding of the float64 reference, values and gradients."""
+    q, p_beta, gamma = (t.detach().float().requires_grad_(True) for t in random_coefficients(
+        32 if bidirectional else 16, 16, 5))
+    x = random_input(2048, 2, 16, 6).detach().float().requires_grad_(True)
+    omega = random_omega(16, 7).detach().float().requires_grad_(True)
+    leaves = [x, q, p_beta, gamma, omega]
+    out = multi_head_ema(x, q, p_beta, gamma, bidirectional=bidirectional, algorithm="recurrence", omega=omega)
+    doubled = [t.detach().double().requires_grad_(True) for t in leaves]
+    reference = ema_reference(*doubled[:4], bidirectional=bidirectional) + doubled[4] * doubled[0]
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    fast = [out.detach()] + list(torch.autograd.grad((out * weights.float()).sum(), leaves))
+    expected = [reference.detach()] + list(torch.autograd.grad((reference * weights).sum(), doubled))
+    for index, (a, b) in enumerate(zip(fast, expected)):
+        assert a.dtype == torch.float32
+        assert max_diff(a.double(), b) <= 2e-5 * max(b.abs().max().item(), 1.0), index
+
+
+def test_recurrence_is_the_same_on_more_threads():
+    """The kernel splits the channels among threads: each channel's arithmetic is unchanged."""
+    q, p_beta, gamma = random_coefficients(40, 3, 9)
+    x = random_input(300, 3, 40, 10)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            out = multi_head_ema(x, q, p_beta, gamma, algorithm="recurrence")
+            results.append(values_and_gradients([out], [x, q, p_beta, gamma], 11))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_long_dense_toeplitz_equals_reference():
@@ -242,7 +303,7 @@ def test_state_of_another_batch_size_is_a_clear_error(first, second, truncation)
 
 
 def test_algorithm_names_and_old_names_are_rejected():
-    assert ALGORITHMS == ("auto", "toeplitz", "fft", "blocked_scan")
+    assert ALGORITHMS == ("auto", "toeplitz", "fft", "blocked_scan", "recurrence")
     q, p_beta, gamma = random_coefficients(3, 2, 0)
     x = torch.randn(5, 1, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="blocked_scan"):
@@ -263,7 +324,7 @@ def test_algorithm_names_and_old_names_are_rejected():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "blocked_scan"])
+@pytest.mark.parametrize("algorithm", ["toeplitz", "fft", "blocked_scan", "recurrence"])
 def test_autocast_leaves_the_ema_in_float32(algorithm, bidirectional):
     """Under CPU autocast (bfloat16 matmuls) the EMA still runs in float32: same output and gradients
     as without autocast (its Toeplitz backward used to fail on mixed dtypes)."""
