@@ -18,6 +18,8 @@ d=512, N=16, L=2048, B=4 = ``--tokens`` / L), causal and bidirectional; and an e
 ``L/2`` tokens followed by 16 one-token steps (causal).
 
     python benchmarks/bench_ema.py --baseline-rev c5153e8 --reps 8
+
+Every measurement runs at ``--threads`` torch threads (default 1).
 """
 import argparse
 import importlib
@@ -138,7 +140,10 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--baseline-rev", metavar="REV", help="compare with the EMA at this git revision")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: more threads on a busy small machine measure the other jobs)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.baseline_rev:
         width = args.width or (16 if args.quick else 512)
         length = (args.lengths or [128 if args.quick else 2048])[0]
