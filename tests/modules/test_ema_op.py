@@ -149,6 +149,19 @@ def test_auto_without_the_compiled_kernel_equals_reference(monkeypatch, bidirect
         multi_head_ema(torch.randn(5, 1, 3, dtype=torch.float64), q, p_beta, gamma, algorithm="recurrence")
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrence_passes_gradcheck(bidirectional):
+    """Its explicit backward (adjoint recurrence over segments of remade states) against finite
+    differences, with lengths that end inside a segment and span several."""
+    q, p_beta, gamma = random_coefficients(6 if bidirectional else 3, 2, 12)
+    omega = random_omega(3, 13)
+    for length in (5, 130):
+        x = random_input(length, 2, 3, 14)
+        assert torch.autograd.gradcheck(
+            lambda *t: multi_head_ema(t[0], *t[1:4], bidirectional=bidirectional, algorithm="recurrence", omega=t[4]),
+            (x, q, p_beta, gamma, omega))
+
+
 def test_compiled_kernel_is_installed():
     """``make install`` builds it (tools/install.sh); a broken build must not pass unnoticed."""
     assert ema_recurrence.available()
