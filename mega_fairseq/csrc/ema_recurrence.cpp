@@ -201,6 +201,15 @@ void check(const at::Tensor& x, const at::Tensor& q, const at::Tensor& pb, const
   }
 }
 
+// an optional tensor the kernel reads or writes as a dense array: contiguous, shaped, x's dtype, CPU
+void check_dense(const c10::optional<at::Tensor>& t, at::IntArrayRef shape, const at::Tensor& x, const char* name) {
+  if (t.has_value()) {
+    TORCH_CHECK(t->is_contiguous() && t->sizes() == shape && t->scalar_type() == x.scalar_type() &&
+                    t->device().is_cpu(),
+                name, " must be a contiguous CPU tensor of shape ", shape, " in x's dtype");
+  }
+}
+
 int64_t grain(int64_t D) { return std::max<int64_t>(16, (D + at::get_num_threads() - 1) / at::get_num_threads()); }
 
 }  // namespace
@@ -212,6 +221,8 @@ std::vector<at::Tensor> ema_forward(const at::Tensor& x, const at::Tensor& q, co
   check(x, q, pb, g);
   TORCH_CHECK(segment > 0, "segment must be positive");
   const int64_t L = x.size(0), B = x.size(1), D = x.size(2), N = q.size(0);
+  check_dense(omega, {D}, x, "omega");
+  check_dense(out, x.sizes(), x, "out");
   const bool accumulate = out.has_value();
   at::Tensor y = accumulate ? *out : at::empty_like(x);
   at::Tensor ckpt = keep ? at::empty({(L + segment - 1) / segment, B, N, D}, x.options()) : at::Tensor();
@@ -231,6 +242,10 @@ std::vector<at::Tensor> ema_backward(const at::Tensor& x, const at::Tensor& grad
   TORCH_CHECK(grad.sizes() == x.sizes() && grad.is_contiguous() && grad.scalar_type() == x.scalar_type(),
               "grad must be contiguous and shaped like x");
   const int64_t L = x.size(0), B = x.size(1), D = x.size(2), N = q.size(0);
+  TORCH_CHECK(segment > 0, "segment must be positive");
+  check_dense(omega, {D}, x, "omega");
+  check_dense(grad_out, x.sizes(), x, "grad_out");
+  check_dense(ckpt, {(L + segment - 1) / segment, B, N, D}, x, "states");
   const bool accumulate = grad_out.has_value();
   at::Tensor gx = accumulate ? *grad_out : at::empty_like(x);
   auto options = x.options().dtype(at::kDouble);

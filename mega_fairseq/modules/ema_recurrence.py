@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .fusion_guard import compiling
 
@@ -75,6 +76,7 @@ class _EMARecurrence(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, omega, *rest = ctx.saved_tensors
         count = ctx.num_directions
@@ -109,6 +111,7 @@ def recurrence_ema(x: Tensor, q: Tensor, p_beta: Tensor, gamma: Tensor, bidirect
             available(), x.dtype, x.device))
     dim = x.size(-1)
     x = x.contiguous()
+    omega = omega.contiguous() if omega is not None else None
     coefficients = [q[:dim], p_beta[:dim], gamma[:dim]]
     if bidirectional:
         coefficients += [q[dim:], p_beta[dim:], gamma[dim:]]

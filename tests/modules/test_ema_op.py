@@ -162,6 +162,32 @@ def test_recurrence_passes_gradcheck(bidirectional):
             (x, q, p_beta, gamma, omega))
 
 
+def test_recurrence_reads_strided_arguments_and_refuses_a_second_derivative():
+    """Views with any strides (a transposed input, every other element of omega) give the
+    reference; a second derivative through its explicit backward is an error, not a wrong number."""
+    q, p_beta, gamma = random_coefficients(3, 2, 15)
+    x = random_input(3, 40, 2, 16).transpose(0, 2)  # 2 x 40 x 3 view of a 3 x 40 x 2 tensor
+    omega_storage = random_omega(6, 17)
+    omega = omega_storage[::2]
+    leaves = [x, q, p_beta, gamma, omega]
+    out = multi_head_ema(x, q, p_beta, gamma, algorithm="recurrence", omega=omega)
+    reference = ema_reference(x, q, p_beta, gamma) + omega * x
+    assert_close(values_and_gradients([out], leaves, 18), values_and_gradients([reference], leaves, 18), "strided")
+    again = multi_head_ema(x, q, p_beta, gamma, algorithm="recurrence", omega=omega)
+    (grad_x,) = torch.autograd.grad(again.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad_x.sum().backward()
+
+
+def test_kernel_refuses_arrays_it_cannot_read_densely():
+    """Called directly, the kernel names what is wrong instead of reading past a view."""
+    x, q = torch.randn(5, 2, 3), torch.rand(2, 3)
+    with pytest.raises(RuntimeError, match="omega must be a contiguous"):
+        ema_recurrence._kernel.forward(x, q, q, q, torch.randn(6)[::2], None, False, 64, True)
+    with pytest.raises(RuntimeError, match="x must be a contiguous"):
+        ema_recurrence._kernel.forward(x.transpose(0, 1), q, q, q, None, None, False, 64, True)
+
+
 def test_compiled_kernel_is_installed():
     """``make install`` builds it (tools/install.sh); a broken build must not pass unnoticed."""
     assert ema_recurrence.available()
