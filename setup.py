@@ -1,8 +1,9 @@
 """mega_fairseq: the Mega model as a fairseq 0.12.2 user-dir plugin.
 
-``pip install --no-build-isolation -e .`` also compiles the EMA recurrence kernel
-(``mega_fairseq/csrc``, a torch C++ extension) when torch and a C++ compiler are present. It is
-optional: without it (or if it fails to build, which is reported) the EMA runs its blocked scan.
+``python setup.py build_ext --inplace`` (run by ``make install`` after the editable install)
+compiles the EMA recurrence kernel (``mega_fairseq/csrc``, a torch C++ extension) when torch and a
+C++ compiler are present. It is optional: without it (or if it fails to build, which is reported)
+the EMA runs its blocked scan.
 """
 import os
 import sys

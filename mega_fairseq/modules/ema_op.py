@@ -131,8 +131,8 @@ def _whole_sequence(x: Tensor, coefficients: _Coefficients, dim: int, window: Op
                     algorithm: str, block: int, omega: Optional[Tensor] = None) -> Tensor:
     """Stateless EMA of a whole ``T x B x D`` sequence by the chosen algorithm (plus ``omega * x``)."""
     length = x.size(0)
-    if algorithm in ("auto", "recurrence") and window is None and recurrence.applies(x, coefficients.q, omega):
-        q, p_beta, gamma = coefficients.q, coefficients.p_beta, coefficients.gamma
+    q, p_beta, gamma = coefficients.q, coefficients.p_beta, coefficients.gamma
+    if algorithm in ("auto", "recurrence") and window is None and recurrence.applies(x, q, p_beta, gamma, omega):
         return recurrence.recurrence_ema(x, q, p_beta, gamma, bidirectional, omega)
     if algorithm == "recurrence":
         raise ValueError(

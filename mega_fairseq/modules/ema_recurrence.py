@@ -15,8 +15,9 @@ coefficients' gradients (in float64 across sequences); it keeps only the input a
 the start of every :data:`SEGMENT` steps (``N / SEGMENT`` values a token), and remakes a segment's
 states from them.
 
-The kernel is built by ``pip install -e .`` (``setup.py``) when a C++ compiler is present;
-without it :func:`available` is False and the op uses the blocked scan (same values).
+The kernel is built in place by ``python setup.py build_ext --inplace`` (``make install`` runs it)
+when torch and a C++ compiler are present; without it :func:`available` is False and the op uses
+the blocked scan (same values).
 
 Shapes: x ``T x B x D`` (float32 or float64, CPU); coefficients ``D x N`` per direction; omega ``D``.
 """
@@ -53,9 +54,21 @@ def applies(x: Tensor, *tensors: Optional[Tensor]) -> bool:
     return all(t is None or (t.device.type == "cpu" and t.dtype == x.dtype) for t in tensors)
 
 
-def _channel_inner(coefficients: Sequence[Tensor]):
-    """``D x N`` coefficients as the kernel reads them: ``N x D``, contiguous."""
-    return [c.t().contiguous() for c in coefficients]
+def _directions(coefficients: Sequence[Tensor]):
+    """Each direction's ``(q, p_beta, gamma)`` as the kernel reads them (``N x D``, contiguous) from
+    the flat ``D x N`` coefficients: the causal direction's three, then the anti-causal one's."""
+    channel_inner = [c.t().contiguous() for c in coefficients]
+    return [channel_inner[i : i + 3] for i in range(0, len(channel_inner), 3)]
+
+
+def _forward(x: Tensor, omega: Optional[Tensor], directions, keep: bool):
+    """``(out, states)``: the kernel over every direction, the second one added into the first's
+    output (omega with the first only); ``states`` holds each direction's segment states when ``keep``."""
+    out, states = None, []
+    for index, (q, p_beta, gamma) in enumerate(directions):
+        out, kept = _kernel.forward(x, q, p_beta, gamma, omega if index == 0 else None, out, index == 1, SEGMENT, keep)
+        states.append(kept)
+    return out, states
 
 
 class _EMARecurrence(torch.autograd.Function):
@@ -63,13 +76,8 @@ class _EMARecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, omega, *coefficients):
-        directions = [_channel_inner(coefficients[i : i + 3]) for i in range(0, len(coefficients), 3)]
-        out, states = None, []
-        for index, (q, p_beta, gamma) in enumerate(directions):
-            # omega once, with the first direction; the second direction adds into the output
-            out, kept = _kernel.forward(x, q, p_beta, gamma, omega if index == 0 else None, out, index == 1,
-                                        SEGMENT, True)
-            states.append(kept)
+        directions = _directions(coefficients)
+        out, states = _forward(x, omega, directions, keep=True)
         ctx.save_for_backward(x, omega, *states, *[t for direction in directions for t in direction])
         ctx.has_omega = omega is not None
         ctx.num_directions = len(directions)
@@ -118,8 +126,4 @@ def recurrence_ema(x: Tensor, q: Tensor, p_beta: Tensor, gamma: Tensor, bidirect
     tensors = (x, omega, *coefficients)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _EMARecurrence.apply(*tensors)
-    directions = [_channel_inner(coefficients[i : i + 3]) for i in range(0, len(coefficients), 3)]
-    out = None
-    for index, (cq, cp, cg) in enumerate(directions):
-        out, _ = _kernel.forward(x, cq, cp, cg, omega if index == 0 else None, out, index == 1, SEGMENT, False)
-    return out
+    return _forward(x, omega, _directions(coefficients), keep=False)[0]
