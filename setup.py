@@ -1,9 +1,10 @@
 """mega_fairseq: the Mega model as a fairseq 0.12.2 user-dir plugin.
 
 ``python setup.py build_ext --inplace`` (run by ``make install`` after the editable install)
-compiles the EMA recurrence kernel (``mega_fairseq/csrc``, a torch C++ extension) when torch and a
-C++ compiler are present. It is optional: without it (or if it fails to build, which is reported)
-the EMA runs its blocked scan.
+compiles the CPU kernels in ``mega_fairseq/csrc`` (torch C++ extensions) when torch and a C++
+compiler are present: the EMA recurrence and the gates' element-wise work. Both are optional:
+without them (or if one fails to build, which is reported) the EMA runs its blocked scan and the
+gates run plain torch ops (same values).
 """
 import os
 import sys
@@ -14,29 +15,37 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def extension_build():
-    """``(ext_modules, cmdclass)`` for the EMA kernel, or empty ones when torch is not importable here."""
+    """``(ext_modules, cmdclass)`` for the kernels, or empty ones when torch is not importable here."""
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
-        print("mega_fairseq: torch not importable at build time: the EMA kernel is not built", file=sys.stderr)
+        print("mega_fairseq: torch not importable at build time: the CPU kernels are not built", file=sys.stderr)
         return [], {}
 
+    fallbacks = {
+        "mega_fairseq._ema_recurrence": "the EMA uses its blocked scan",
+        "mega_fairseq._silu_gates": "the gates use plain torch ops",
+    }
+
     class OptionalBuildExtension(BuildExtension):
-        """Builds the kernel; a failure is reported and the package installs without it."""
+        """Builds each kernel; a failure is reported and the package installs without that kernel."""
 
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
             except Exception as error:  # noqa: BLE001 - any compiler failure leaves the pure-torch path
-                print("mega_fairseq: the EMA kernel was not built ({}); the EMA uses its blocked "
-                      "scan".format(error), file=sys.stderr)
+                print("mega_fairseq: {} was not built ({}); {}".format(ext.name, error, fallbacks[ext.name]),
+                      file=sys.stderr)
 
-    kernel = CppExtension(
-        "mega_fairseq._ema_recurrence",
-        [os.path.join("mega_fairseq", "csrc", "ema_recurrence.cpp")],
-        extra_compile_args=["-O3"],
-    )
-    return [kernel], {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
+    def kernel(name, source, flags=()):
+        return CppExtension(name, [os.path.join("mega_fairseq", "csrc", source)], extra_compile_args=["-O3", *flags])
+
+    kernels = [
+        kernel("mega_fairseq._ema_recurrence", "ema_recurrence.cpp"),
+        # no floating-point traps are watched, so the clamps in its exp may become vector selects
+        kernel("mega_fairseq._silu_gates", "silu_gates.cpp", ["-fno-trapping-math"]),
+    ]
+    return kernels, {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
 
 
 ext_modules, cmdclass = extension_build()

@@ -114,18 +114,20 @@ step "installing $(basename "$WHEEL")"
 # --- 5. the plugin itself, editable ------------------------------------------------------------
 step "installing mega_fairseq (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT" || die "could not install mega_fairseq from $ROOT"
-# the compiled EMA kernel, next to the sources the editable install points at (about a minute;
-# optional: without a C++ compiler the EMA runs its blocked scan, and setup.py says so)
-step "building the EMA kernel (mega_fairseq/csrc)"
-(cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace 2>&1 | grep "^mega_fairseq:" >&2 || true)
+# the compiled CPU kernels (the EMA recurrence and the gates' element-wise work), next to the
+# sources the editable install points at, two at a time (about a minute each; optional: without
+# a C++ compiler the EMA runs its blocked scan and the gates torch ops, and setup.py says so)
+step "building the CPU kernels (mega_fairseq/csrc)"
+(cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace -j 2 2>&1 | grep "^mega_fairseq:" >&2 || true)
 
 # --- 6. smoke check ------------------------------------------------------------------------------
 "$VENV/bin/python" - <<'PYCHECK' || die "the installed stack does not import (see the traceback above)."
 import fairseq, torch, mega_fairseq
 assert fairseq.__version__.startswith("0.12.2+mega"), fairseq.__version__
-from mega_fairseq.modules.ema_recurrence import available
+from mega_fairseq.modules import ema_recurrence, silu_gate_kernels
 print(f"fairseq {fairseq.__version__}, torch {torch.__version__}, mega_fairseq {mega_fairseq.__version__}, "
-      f"EMA kernel {'built' if available() else 'not built (blocked scan)'}")
+      f"EMA kernel {'built' if ema_recurrence.available() else 'not built (blocked scan)'}, "
+      f"gate kernel {'built' if silu_gate_kernels.available() else 'not built (torch ops)'}")
 PYCHECK
 echo "$KEY" > "$STAMP"
 echo "mega-fairseq environment ready: $VENV"

@@ -30,6 +30,14 @@ from torch import Tensor
 from .activations import silu
 from .fusion_guard import compiling, fused_autograd_applies, plain_module
 from .recomputed_activations import recompute_on_backward
+from .silu_gate_kernels import (
+    gated_output_backward,
+    gated_output_into,
+    mul_silu_,
+    reset_gate_backward,
+    silu_into,
+    silu_with_slope,
+)
 
 GateTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -228,10 +236,14 @@ class _ChunkBlocks:
         return self.buffers[index][: shape[0] * shape[1] * shape[2]].view(shape)
 
 
-def _silu_padded(pre: Tensor, out: Tensor) -> Tensor:
+def _silu_padded(pre: Tensor, out: Tensor, slope: Optional[Tensor] = None) -> Tensor:
     """``silu(pre)`` into the front rows of ``out`` (S x P x H, pre S x P' x H with P' <= P); the rows
-    after them are zeroed (keys past the end: their weight is zero, a leftover NaN must not leak)."""
-    torch.ops.aten.silu.out(pre, out=out[:, : pre.size(1)])
+    after them are zeroed (keys past the end: their weight is zero, a leftover NaN must not leak).
+    With ``slope`` (out's shape), ``silu'(pre)`` goes into its front rows."""
+    if slope is None:
+        silu_into(pre, out[:, : pre.size(1)])
+    else:
+        silu_with_slope(pre, out[:, : pre.size(1)], slope[:, : pre.size(1)])
     out[:, pre.size(1):].zero_()
     return out
 
@@ -273,9 +285,8 @@ class GatedAttentionProjection(torch.autograd.Function):
         for sequences, chunks, first, last in blocks:
             values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks))
             attended = _chunk_matmul(weights[sequences, chunks], values, blocks.buffer(1, sequences, chunks))
-            # values' buffer takes r; the attention output becomes the gated product in place
-            gated = attended[:, : last - first]
-            gated.mul_(torch.ops.aten.silu.out(r_bt[sequences, first:last], out=values[:, : last - first]))
+            # the attention output becomes the gated product in place (values' buffer: scratch)
+            gated = mul_silu_(attended[:, : last - first], r_bt[sequences, first:last], values[:, : last - first])
             rows = out[sequences, first:last].view(-1, out.size(-1))
             gated_rows = gated.reshape(-1, hdim)
             if bias is None:
@@ -297,35 +308,35 @@ class GatedAttentionProjection(torch.autograd.Function):
         grad_r_pre = r_pre.new_empty(r_pre.shape) if need_r else None
         grad_weight = weight.new_zeros(weight.shape) if need_weight else None
         r_bt = r_pre.transpose(0, 1)
-        blocks = _ChunkBlocks(weights, seq_len, hdim, count=5 if need_weight else 4)
+        # buffers: 0 values, 1 the attention output (then its gradient through the chunk matmul),
+        # 2 the gated product's gradient, 3 scratch, 4 the gated product, 5 silu'(v_pre)
+        blocks = _ChunkBlocks(weights, seq_len, hdim, count=6)
         for sequences, chunks, first, last in blocks:
             count = last - first
             block_weights = weights[sequences, chunks]
             grad_rows = grad_h[sequences, first:last].reshape(-1, grad_h.size(-1))
-            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks))
+            slope = blocks.buffer(5, sequences, chunks) if need_v else None
+            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks), slope)
             attended = _chunk_matmul(block_weights, values, blocks.buffer(1, sequences, chunks))[:, :count]
             # the gated product's gradient; rows past the end stay zero (they feed the chunk matmuls)
             grad_attended = blocks.buffer(2, sequences, chunks)
             grad_attended[:, count:].zero_()
             grad_gated = grad_attended[:, :count]
             torch.mm(grad_rows, weight, out=grad_gated.view(-1, hdim))
-            reset = torch.ops.aten.silu.out(r_bt[sequences, first:last], out=blocks.buffer(3, sequences, chunks)[:, :count])
+            gated = blocks.buffer(4, sequences, chunks)[:, :count] if need_weight else None
+            grad_r = grad_r_pre.transpose(0, 1)[sequences, first:last] if need_r else None
+            # gated = attended * silu(r), r's gradient, and grad_gated becomes the attention output's gradient
+            reset_gate_backward(attended, grad_gated, r_bt[sequences, first:last], gated, grad_r,
+                                blocks.buffer(3, sequences, chunks)[:, :count])
             if need_weight:
-                gated = torch.mul(attended, reset, out=blocks.buffer(4, sequences, chunks)[:, :count])
                 grad_weight.addmm_(grad_rows.t(), gated.reshape(-1, hdim))
-            if need_r:
-                grad_r = attended.mul_(grad_gated)  # the attention output is not needed any more
-                torch.ops.aten.silu_backward.grad_input(
-                    grad_r, r_bt[sequences, first:last], grad_input=grad_r_pre.transpose(0, 1)[sequences, first:last])
-            grad_gated.mul_(reset)  # now the attention output's gradient
             if need_weights:
                 frames = grad_weights[sequences, chunks].view(-1, blocks.frame, blocks.frame)
                 torch.bmm(grad_attended.reshape(frames.size(0), blocks.frame, hdim),
                           values.reshape(frames.size(0), blocks.frame, hdim).transpose(1, 2), out=frames)
             if need_v:
                 grad_values = _chunk_matmul(block_weights, grad_attended, blocks.buffer(1, sequences, chunks), transpose=True)
-                torch.ops.aten.silu_backward.grad_input(
-                    grad_values[:, :count], v_pre[sequences, first:last], grad_input=grad_v_pre[sequences, first:last])
+                torch.mul(grad_values[:, :count], slope[:, :count], out=grad_v_pre[sequences, first:last])
         return grad_weights, grad_v_pre, grad_r_pre, grad_weight, grad_bias
 
 
@@ -394,15 +405,12 @@ class GatedOutput(torch.autograd.Function):
         buffer = pre.new_empty((blocks[0].stop - blocks[0].start) * pre.size(1) * pre.size(2))
         for block in blocks:
             step_grad = grad_out[block]
-            # d out / d gated = u; d out / d residual = 1 - u
-            grad_gated = torch.mul(step_grad, u[block], out=buffer[: step_grad.numel()].view(step_grad.shape))
-            if grad_residual is not None:
-                torch.sub(step_grad, grad_gated, out=grad_residual[block])
-            if grad_u is not None:
-                # d out / d u = silu(pre) - residual
-                torch.ops.aten.silu.out(pre[block], out=grad_u[block]).sub_(residual[block]).mul_(step_grad)
-            # d out / d pre = u * silu'(pre), written with attended's strides
-            torch.ops.aten.silu_backward.grad_input(grad_gated, pre[block], grad_input=grad_pre[block])
+            # grad_pre (written with attended's strides) = grad * u * silu'(pre); grad_residual =
+            # grad * (1 - u); grad_u = grad * (silu(pre) - residual)
+            gated_output_backward(step_grad, residual[block], pre[block], u[block], grad_pre[block],
+                                  None if grad_residual is None else grad_residual[block],
+                                  None if grad_u is None else grad_u[block],
+                                  buffer[: step_grad.numel()].view(step_grad.shape))
         return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
 
 
@@ -415,9 +423,10 @@ def time_blocks(x: Tensor) -> List[slice]:
 
 
 def _gated_output_value(residual: Tensor, pre: Tensor, u: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """``lerp(residual, silu(pre), u)``, written into ``out`` (a new tensor when None)."""
-    gated = F.silu(pre) if out is None else torch.ops.aten.silu.out(pre, out=out)
-    return torch.lerp(residual, gated, u, out=gated)
+    """``residual + u * (silu(pre) - residual)``, written into ``out`` (a new tensor when None)."""
+    if out is None:
+        out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    return gated_output_into(residual, pre, u, out)
 
 
 def gated_output(residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]) -> Tensor:

@@ -33,6 +33,7 @@ from .fused_gates import (
     write_gate_gradient,
 )
 from .recomputed_activations import recompute_on_backward
+from .silu_gate_kernels import silu_into, silu_with_slope
 
 
 class GateProjection(torch.autograd.Function):
@@ -80,20 +81,31 @@ class GateProjection(torch.autograd.Function):
         steps = blocks[0].stop - blocks[0].start
         grad_buffer = ema_pre.new_empty(steps * bsz * weight.size(0))
         mx_buffer = ema_pre.new_empty(steps * bsz * embed_dim) if need_weight else None
+        # silu'(mx_pre), formed with mx when both gradients are needed
+        slope_buffer = ema_pre.new_empty(steps * bsz * embed_dim) if need_weight and need_input else None
         for block in blocks:
-            count = (block.stop - block.start) * bsz
+            shape = (block.stop - block.start, bsz, embed_dim)
+            count = shape[0] * bsz
             grad_base = grad_buffer[: count * weight.size(0)].view(count, weight.size(0))
             write_gate_gradient(grad_base.view(block.stop - block.start, bsz, weight.size(0)),
                                 *(None if t is None else t[block] for t in grads), embed_dim, zdim)
-            mx_pre = ema_pre[block].reshape(count, embed_dim)
+            mx_pre = ema_pre[block]
+            slope = None if slope_buffer is None else slope_buffer[: count * embed_dim].view(shape)
             if need_weight:
-                mx = torch.ops.aten.silu.out(mx_pre, out=mx_buffer[: count * embed_dim].view(count, embed_dim))
-                grad_weight.addmm_(grad_base.t(), mx)
+                mx = mx_buffer[: count * embed_dim].view(shape)
+                if slope is None:
+                    silu_into(mx_pre, mx)
+                else:
+                    silu_with_slope(mx_pre, mx, slope)
+                grad_weight.addmm_(grad_base.t(), mx.view(count, embed_dim))
             if grad_bias is not None:
                 grad_bias.add_(grad_base.sum(0))
             if need_input:
                 grad_mx = torch.mm(grad_base, weight, out=grad_ema_pre[block].view(count, embed_dim))
-                torch.ops.aten.silu_backward.grad_input(grad_mx, mx_pre, grad_input=grad_mx)
+                if slope is None:
+                    torch.ops.aten.silu_backward.grad_input(grad_mx, mx_pre.reshape(count, embed_dim), grad_input=grad_mx)
+                else:
+                    grad_mx.mul_(slope.view(count, embed_dim))
         return grad_ema_pre, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None
 
 
@@ -110,8 +122,7 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases) -> Tuple[Tensor, Tensor
     for block in blocks:
         rows = slice(block.start * bsz, block.stop * bsz)
         count = rows.stop - rows.start
-        mx = mx_buffer[: count * embed_dim].view(block.stop - block.start, bsz, embed_dim)
-        torch.ops.aten.silu.out(ema_pre[block], out=mx)
+        mx = silu_into(ema_pre[block], mx_buffer[: count * embed_dim].view(block.stop - block.start, bsz, embed_dim))
         mx = mx.view(count, embed_dim)
         for piece, piece_weight, piece_bias in zip(outputs, weights, biases):
             if piece_bias is None:

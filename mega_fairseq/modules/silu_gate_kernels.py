@@ -1,0 +1,120 @@
+"""The gates' element-wise work in single passes: a compiled CPU kernel (``mega_fairseq/csrc``) with a
+plain torch fallback.
+
+The fused gate functions (:mod:`.fused_gates`, :mod:`.gate_projection`) apply silu, its derivative
+and the products around them block by block. As plain torch ops every operation is a pass over
+the block and every silu or silu derivative an ``exp``: the reset gate's backward alone is five
+passes and two ``exp`` per element. The kernel (``csrc/silu_gates.cpp``) does each step below in
+one pass with one ``exp`` per element, in the blocks' own layout; its ``exp`` is a vectorised
+polynomial (as exact as torch's silu: ~2e-7 relative), about twice as fast as torch's.
+
+Each function takes Rows x Cols x Width tensors of one shape whose last dimension is contiguous
+(the blocks: a run of time steps Steps x Batch x C, or Sequences x Tokens x H) and writes into the
+given outputs. The kernel runs when it is installed and every tensor is a float32 CPU tensor
+laid out so (:func:`applies`); otherwise the same values come from torch ops (other dtypes and
+devices; float32 results then differ by rounding only). The kernel is built by ``python setup.py
+build_ext --inplace`` (``make install``) when torch and a C++ compiler are present.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:  # built by setup.py; optional
+    from mega_fairseq import _silu_gates as _kernel
+except ImportError:  # pragma: no cover - depends on the install
+    _kernel = None
+
+
+def available() -> bool:
+    """Whether the compiled kernel is installed."""
+    return _kernel is not None
+
+
+def applies(*tensors: Optional[Tensor]) -> bool:
+    """Whether the kernel can run on these tensors (None: an output not asked for): installed, and
+    all are float32 CPU tensors of the first one's 3-d shape with a contiguous last dimension."""
+    if _kernel is None:
+        return False
+    shape = tensors[0].shape
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        if tensor.dtype != torch.float32 or tensor.device.type != "cpu" or tensor.dim() != 3:
+            return False
+        if tensor.shape != shape or (tensor.stride(-1) != 1 and tensor.size(-1) > 1):
+            return False
+    return True
+
+
+def silu_into(x: Tensor, out: Tensor) -> Tensor:
+    """``out = silu(x)``; returns out."""
+    if applies(x, out):
+        _kernel.silu(x, out)
+        return out
+    return torch.ops.aten.silu.out(x, out=out)
+
+
+def silu_with_slope(x: Tensor, out: Tensor, slope: Tensor) -> Tensor:
+    """``out = silu(x)`` and ``slope = silu'(x)`` (for a backward that multiplies by it later); returns out."""
+    if applies(x, out, slope):
+        _kernel.silu_with_slope(x, out, slope)
+        return out
+    torch.ops.aten.silu_backward.grad_input(torch.ones((), dtype=x.dtype, device=x.device).expand_as(x), x,
+                                            grad_input=slope)
+    return torch.ops.aten.silu.out(x, out=out)
+
+
+def mul_silu_(a: Tensor, r_pre: Tensor, scratch: Tensor) -> Tensor:
+    """``a *= silu(r_pre)`` in place; returns a. ``scratch`` (a's shape) is only used by the fallback."""
+    if applies(a, r_pre):
+        _kernel.mul_silu_(a, r_pre)
+        return a
+    return a.mul_(torch.ops.aten.silu.out(r_pre, out=scratch))
+
+
+def reset_gate_backward(attended: Tensor, grad: Tensor, r_pre: Tensor, gated: Optional[Tensor],
+                        grad_r_pre: Optional[Tensor], scratch: Tensor) -> Tensor:
+    """The backward of the reset gate ``p = attended * silu(r_pre)`` for ``grad = dL/dp``.
+
+    Writes ``gated = p`` (for the next projection's weight gradient; skipped when None) and
+    ``grad_r_pre = grad * attended * silu'(r_pre)`` (skipped when None), then turns ``grad`` into
+    ``dL/dattended = grad * silu(r_pre)`` in place and returns it. ``attended`` is not needed
+    afterwards (the fallback overwrites it); ``scratch`` (its shape) is only used by the fallback.
+    """
+    if applies(attended, grad, r_pre, gated, grad_r_pre):
+        _kernel.reset_gate_backward(attended, grad, r_pre, gated, grad_r_pre)
+        return grad
+    reset = torch.ops.aten.silu.out(r_pre, out=scratch)
+    if gated is not None:
+        torch.mul(attended, reset, out=gated)
+    if grad_r_pre is not None:
+        torch.ops.aten.silu_backward.grad_input(attended.mul_(grad), r_pre, grad_input=grad_r_pre)
+    return grad.mul_(reset)
+
+
+def gated_output_into(residual: Tensor, pre: Tensor, u: Tensor, out: Tensor) -> Tensor:
+    """``out = residual + u * (silu(pre) - residual)`` (the update gate); returns out."""
+    if applies(residual, pre, u, out):
+        _kernel.gated_output(residual, pre, u, out)
+        return out
+    gated = torch.ops.aten.silu.out(pre, out=out)
+    return torch.lerp(residual, gated, u, out=gated)
+
+
+def gated_output_backward(grad: Tensor, residual: Tensor, pre: Tensor, u: Tensor, grad_pre: Tensor,
+                          grad_residual: Optional[Tensor], grad_u: Optional[Tensor], scratch: Tensor) -> None:
+    """The gradients of ``out = residual + u * (silu(pre) - residual)`` from ``grad = dL/dout``:
+    ``grad_pre = grad * u * silu'(pre)``, ``grad_residual = grad * (1 - u)`` and ``grad_u = grad *
+    (silu(pre) - residual)`` (the last two skipped when None). ``scratch`` (grad's shape) is only
+    used by the fallback."""
+    if applies(grad, residual, pre, u, grad_pre, grad_residual, grad_u):
+        _kernel.gated_output_backward(grad, residual, pre, u, grad_pre, grad_residual, grad_u)
+        return
+    through = torch.mul(grad, u, out=scratch)
+    if grad_residual is not None:
+        torch.sub(grad, through, out=grad_residual)
+    if grad_u is not None:
+        torch.ops.aten.silu.out(pre, out=grad_u).sub_(residual).mul_(grad)
+    torch.ops.aten.silu_backward.grad_input(through, pre, grad_input=grad_pre)
