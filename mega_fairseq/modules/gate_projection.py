@@ -52,7 +52,7 @@ class GateProjection(torch.autograd.Function):
         weights = weight.split(sizes)
         biases = bias.split(sizes) if bias is not None else (None, None, None)
         u, zr, hx = _project_in_blocks(ema_pre, weights, biases)  # zr: (T B) x (Z + H), z then r_pre
-        z = F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim)
+        z = _shared_query_key(zr, seq_len, bsz, zdim)
         q, k = _batch_first_query_key(z, gamma, beta)
         # q and k are not kept by the attention's score matmul: remade from the kept [z | r_pre]
         for index, tensor in enumerate((q, k)):
@@ -69,8 +69,10 @@ class GateProjection(torch.autograd.Function):
         seq_len, bsz, _ = ema_pre.shape
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         z_pre = zr[:, :zdim].view(seq_len, bsz, zdim)
+        z_slope = z_pre.new_empty(z_pre.shape)
         grad_z_pre, grad_gamma, grad_beta = query_key_gradients(
-            grad_q, grad_k, z_pre, F.silu(z_pre), gamma, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+            grad_q, grad_k, z_pre, _shared_query_key(zr, seq_len, bsz, zdim, z_slope), gamma, ctx.needs_input_grad[3],
+            ctx.needs_input_grad[4], slope=z_slope)
         grads = (grad_u, u, grad_z_pre, grad_r_pre, grad_hx)
         grad_ema_pre = torch.empty_like(ema_pre, memory_format=torch.contiguous_format) if need_input else None
         grad_weight = weight.new_zeros(weight.shape) if need_weight else None
@@ -133,9 +135,17 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases) -> Tuple[Tensor, Tensor
     return u, zr, hx
 
 
+def _shared_query_key(zr: Tensor, seq_len: int, bsz: int, zdim: int, slope: Optional[Tensor] = None) -> Tensor:
+    """``z = silu(z_pre)``, Time x Batch x Z (contiguous), from the ``[z | r_pre]`` buffer ((T B) x (Z + H));
+    with ``slope`` (T x B x Z), ``silu'(z_pre)`` goes into it."""
+    z_pre = zr[:, :zdim].view(seq_len, bsz, zdim)
+    z = zr.new_empty(seq_len, bsz, zdim)
+    return silu_into(z_pre, z) if slope is None else silu_with_slope(z_pre, z, slope)
+
+
 def _query_or_key(zr: Tensor, gamma: Tensor, beta: Tensor, index: int, seq_len: int, bsz: int, zdim: int) -> Tensor:
     """q (``index`` 0) or k (1), Batch x Time x Z, from the ``[z | r_pre]`` buffer ((T B) x (Z + H))."""
-    return batch_first_query_or_key(F.silu(zr[:, :zdim]).view(seq_len, bsz, zdim), gamma, beta, index)
+    return batch_first_query_or_key(_shared_query_key(zr, seq_len, bsz, zdim), gamma, beta, index)
 
 
 def project_gates(ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,

@@ -184,7 +184,7 @@ def test_kernel_refuses_operands_it_cannot_read():
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_float32_layer_with_and_without_the_kernel(monkeypatch, chunk_size, bidirectional):
     """A whole float32 layer, padded, in blocks of several tokens: outputs and every gradient with
-    the kernel agree with the torch fallback to float32 rounding."""
+    the kernel are as close to the float64 layer's as those of the torch fallback."""
     from mega_fairseq.modules import fused_gates
 
     monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", 24)
@@ -199,16 +199,19 @@ def test_float32_layer_with_and_without_the_kernel(monkeypatch, chunk_size, bidi
     padding_mask[2, :5] = True
     out_weights = torch.randn(40, 3, 16)
 
-    def gradients():
-        layer.zero_grad(set_to_none=True)
-        x_in = x.clone().requires_grad_(True)
+    def gradients(dtype):
+        layer.to(dtype).zero_grad(set_to_none=True)
+        x_in = x.to(dtype, copy=True).requires_grad_(True)
         out, _ = layer(x_in, padding_mask=padding_mask)
-        (out * out_weights).sum().backward()
+        (out * out_weights.to(dtype)).sum().backward()
         return [out.detach(), x_in.grad] + [p.grad.clone() for p in layer.parameters()]
 
-    with_kernel = gradients()
+    reference = gradients(torch.float64)
+    with_kernel = gradients(torch.float32)
     monkeypatch.setattr(kernels, "_kernel", None)
-    without = gradients()
-    for got, expected in zip(with_kernel, without):
-        assert torch.isfinite(got).all()
-        assert ((got - expected).abs() / (expected.abs().max() + 1e-6)).max().item() < 1e-5
+    without = gradients(torch.float32)
+    for got, fallback, expected in zip(with_kernel, without, reference):
+        # a floor for gradients that cancel to ~0 (beta[1]: softmax ignores a shift of every key score)
+        scale = max(expected.abs().max().item(), 1e-4)
+        error, fallback_error = [(t.double() - expected).abs().max().item() / scale for t in (got, fallback)]
+        assert error < max(3 * fallback_error, 1e-6), (error, fallback_error)
