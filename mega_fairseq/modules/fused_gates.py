@@ -17,7 +17,9 @@ of one ``base``-sized gradient; it hands out ``q`` and ``k`` already laid out Ba
 layout the chunked attention views without copying) and r's pre-activation as a view.
 :class:`GatedAttentionProjection` applies both silu activations, the gate and ``h_proj`` and keeps
 only pre-activations (which live in the gate buffers and ``v_proj``'s output anyway) for its backward;
-it runs block by block in reused work buffers (:data:`CPU_BLOCK_TOKENS`).
+it runs block by block in reused work buffers (:data:`CPU_BLOCK_TOKENS`). The element-wise steps
+of these functions (silu, its derivative and the products around them) each take one pass through
+:mod:`.silu_gate_kernels` (a compiled kernel for float32 on the CPU, torch ops otherwise).
 """
 
 import functools
