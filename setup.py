@@ -38,7 +38,9 @@ def extension_build():
                       file=sys.stderr)
 
     def kernel(name, source, flags=()):
-        return CppExtension(name, [os.path.join("mega_fairseq", "csrc", source)], extra_compile_args=["-O3", *flags])
+        csrc = os.path.join("mega_fairseq", "csrc")
+        return CppExtension(name, [os.path.join(csrc, source)], extra_compile_args=["-O3", *flags],
+                            depends=[os.path.join(csrc, "cpu_dispatch.h")])
 
     kernels = [
         kernel("mega_fairseq._ema_recurrence", "ema_recurrence.cpp"),

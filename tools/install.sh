@@ -48,7 +48,7 @@ if [ -f "$SDIST" ]; then check_sdist; fi
 
 # --- fast path: nothing changed since the last successful install ---------------------------
 KEY="$(cat "$CONSTRAINTS" "$ROOT/requirements/requirements.txt" "$ROOT/tools/fairseq_compat/patches.py" \
-        "$ROOT/setup.py" "$ROOT/mega_fairseq/csrc/"*.cpp "$0" | sha256sum | cut -c1-16)"
+        "$ROOT/setup.py" "$ROOT/mega_fairseq/csrc/"*.cpp "$ROOT/mega_fairseq/csrc/"*.h "$0" | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -x "$VENV/bin/python" ]; then
   echo "mega-fairseq environment is up to date ($VENV)."
   exit 0
