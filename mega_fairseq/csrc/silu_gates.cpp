@@ -211,54 +211,46 @@ struct Bounds {
 };
 const Bounds kBounds{-87.0f, 88.0f};
 
-template <typename Kernel>
-void run(const at::Tensor& first, const Kernel& kernel) {
+// a kernel above: (operands, cols, width, first row, end row, lo, hi)
+using RowsKernel = void (*)(const Operands&, int64_t, int64_t, int64_t, int64_t, float, float);
+
+// runs `kernel` over every row of the operands (`first`'s shape), about 32k elements a task, as
+// torch's own element-wise ops
+void run(const at::Tensor& first, const Operands& o, RowsKernel kernel) {
   const int64_t rows = first.size(0) * first.size(1), cols = first.size(1), width = first.size(2);
   if (rows == 0 || width == 0) return;
-  // about 32k elements a task, as torch's own element-wise ops
   const int64_t grain = std::max<int64_t>(1, 32768 / width);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { kernel(cols, width, begin, end); });
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    kernel(o, cols, width, begin, end, kBounds.lo, kBounds.hi);
+  });
 }
 
 }  // namespace
 
 void silu(const at::Tensor& x, const at::Tensor& out) {
-  Operands o = operands({x, out, c10::nullopt}, "silu");
-  run(x, [&](int64_t c, int64_t w, int64_t b, int64_t e) { silu_rows(o, c, w, b, e, kBounds.lo, kBounds.hi); });
+  run(x, operands({x, out, c10::nullopt}, "silu"), silu_rows);
 }
 
 void silu_with_slope(const at::Tensor& x, const at::Tensor& out, const at::Tensor& slope) {
-  Operands o = operands({x, out, slope}, "silu_with_slope");
-  run(x, [&](int64_t c, int64_t w, int64_t b, int64_t e) { silu_rows(o, c, w, b, e, kBounds.lo, kBounds.hi); });
+  run(x, operands({x, out, slope}, "silu_with_slope"), silu_rows);
 }
 
-void mul_silu_(const at::Tensor& a, const at::Tensor& r) {
-  Operands o = operands({a, r}, "mul_silu_");
-  run(a, [&](int64_t c, int64_t w, int64_t b, int64_t e) { mul_silu_rows(o, c, w, b, e, kBounds.lo, kBounds.hi); });
-}
+void mul_silu_(const at::Tensor& a, const at::Tensor& r) { run(a, operands({a, r}, "mul_silu_"), mul_silu_rows); }
 
 void reset_gate_backward(const at::Tensor& attended, const at::Tensor& grad, const at::Tensor& r,
                          c10::optional<at::Tensor> gated, c10::optional<at::Tensor> grad_r) {
-  Operands o = operands({attended, grad, r, gated, grad_r}, "reset_gate_backward");
-  run(attended, [&](int64_t c, int64_t w, int64_t b, int64_t e) {
-    reset_gate_backward_rows(o, c, w, b, e, kBounds.lo, kBounds.hi);
-  });
+  run(attended, operands({attended, grad, r, gated, grad_r}, "reset_gate_backward"), reset_gate_backward_rows);
 }
 
 void gated_output(const at::Tensor& residual, const at::Tensor& pre, const at::Tensor& u, const at::Tensor& out) {
-  Operands o = operands({residual, pre, u, out}, "gated_output");
-  run(residual, [&](int64_t c, int64_t w, int64_t b, int64_t e) {
-    gated_output_rows(o, c, w, b, e, kBounds.lo, kBounds.hi);
-  });
+  run(residual, operands({residual, pre, u, out}, "gated_output"), gated_output_rows);
 }
 
 void gated_output_backward(const at::Tensor& grad, const at::Tensor& residual, const at::Tensor& pre,
                            const at::Tensor& u, const at::Tensor& grad_pre, c10::optional<at::Tensor> grad_residual,
                            c10::optional<at::Tensor> grad_u) {
-  Operands o = operands({grad, residual, pre, u, grad_pre, grad_residual, grad_u}, "gated_output_backward");
-  run(grad, [&](int64_t c, int64_t w, int64_t b, int64_t e) {
-    gated_output_backward_rows(o, c, w, b, e, kBounds.lo, kBounds.hi);
-  });
+  run(grad, operands({grad, residual, pre, u, grad_pre, grad_residual, grad_u}, "gated_output_backward"),
+      gated_output_backward_rows);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
