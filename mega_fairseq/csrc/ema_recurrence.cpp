@@ -11,11 +11,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cpu_dispatch.h"
-
-#define MEGA_SIMD _Pragma("GCC ivdep")
 
 namespace {
 
@@ -24,41 +24,183 @@ struct Shape {
   int64_t d0, d1;         // the channels [d0, d1) this call works on
 };
 
+// The loops run over blocks of channels, as many as one AVX register holds (8 floats, 4 doubles):
+// for one block and a few EMA dimensions the states, the adjoints and the gradient sums stay in
+// registers through a segment of steps, and the segment's inputs and gradients are local arrays in
+// cache. (Running all N x D states one step at a time, they went through L2 at every step.) The
+// channels are taken a panel of kPanel blocks at a time, so a step's row is read and written in
+// runs of 2 KiB: with 256-byte runs, one per page, the hardware prefetcher could not follow and
+// the copies waited on memory (half the forward's time).
+template <typename T>
+struct Lanes {
+  static constexpr int64_t V = 32 / sizeof(T);
+  typedef T Vec __attribute__((vector_size(32)));
+};
+
+constexpr int64_t kPanel = 64;
+
+// EMA dimensions run together in the inner loops: independent recurrences share a step's latency
+constexpr int kDims = 2;
+
+// `size` zeroed blocks, aligned to the vector type (std::vector does not align them to it here)
+template <typename Vec>
+class Blocks {
+ public:
+  explicit Blocks(int64_t size)
+      : data_(static_cast<Vec*>(std::aligned_alloc(sizeof(Vec), std::max<int64_t>(size, 1) * sizeof(Vec)))),
+        size_(size) {
+    TORCH_CHECK(data_ != nullptr, "out of memory");
+    zero();
+  }
+  ~Blocks() { std::free(data_); }
+  Blocks(const Blocks&) = delete;
+  Blocks& operator=(const Blocks&) = delete;
+  Vec& operator[](int64_t i) { return data_[i]; }
+  void zero() { std::fill(data_, data_ + size_, Vec{}); }
+
+ private:
+  Vec* data_;
+  int64_t size_;
+};
+
+// The channels [c0, c1) as blocks (the last one zero-padded): block j of a row goes to (or comes
+// from) dst[j * stride].
+template <typename T>
+struct Panel {
+  using Vec = typename Lanes<T>::Vec;
+  static constexpr int64_t V = Lanes<T>::V;
+  int64_t c0, c1;
+  MEGA_INLINE int64_t blocks() const { return (c1 - c0 + V - 1) / V; }
+  MEGA_INLINE int64_t width(int64_t j) const { return std::min(V, c1 - c0 - j * V); }
+  MEGA_INLINE void gather(const T* row, Vec* dst, int64_t stride) const {
+    for (int64_t j = 0, J = blocks(); j < J; ++j) {
+      const T* src = row + c0 + j * V;
+      Vec r = {};
+      if (width(j) == V) {
+        std::memcpy(&r, src, sizeof(Vec));
+      } else {
+        for (int64_t v = 0; v < width(j); ++v) r[v] = src[v];
+      }
+      dst[j * stride] = r;
+    }
+  }
+  MEGA_INLINE void scatter(const Vec* src, int64_t stride, T* row, bool accumulate) const {
+    for (int64_t j = 0, J = blocks(); j < J; ++j) {
+      T* dst = row + c0 + j * V;
+      const Vec r = src[j * stride];
+      if (accumulate) {
+        for (int64_t v = 0; v < width(j); ++v) dst[v] += r[v];
+      } else if (width(j) == V) {
+        std::memcpy(dst, &r, sizeof(Vec));
+      } else {
+        for (int64_t v = 0; v < width(j); ++v) dst[v] = r[v];
+      }
+    }
+  }
+  // N x D coefficients into dst[j * N + n]
+  MEGA_INLINE void gather_rows(const T* src, Vec* dst, int64_t N, int64_t D) const {
+    for (int64_t n = 0; n < N; ++n) gather(src + n * D, dst + n, N);
+  }
+};
+
+// The offset of step i of sequence b in a Time x Batch x D array (time reversed for the anti-causal
+// direction)
+MEGA_INLINE int64_t row_at(int64_t i, int64_t b, const Shape& s, bool reverse) {
+  return ((reverse ? s.L - 1 - i : i) * s.B + b) * s.D;
+}
+
+// One segment of `steps` steps forward for one block and G EMA dimensions (coefficients q, pb, g;
+// states h carried from segment to segment): acc[k] += sum over them of gamma * state after step k.
+template <int G, typename Vec>
+MEGA_INLINE void forward_dims(const Vec* q, const Vec* pb, const Vec* g, Vec* h, const Vec* xs, Vec* acc,
+                              int64_t steps) {
+  Vec hn[G];
+  for (int j = 0; j < G; ++j) hn[j] = h[j];
+  for (int64_t k = 0; k < steps; ++k) {
+    Vec a = acc[k];
+    for (int j = 0; j < G; ++j) {
+      hn[j] = q[j] * hn[j] + pb[j] * xs[k];
+      a += g[j] * hn[j];
+    }
+    acc[k] = a;
+  }
+  for (int j = 0; j < G; ++j) h[j] = hn[j];
+}
+
+// One segment backward for one block and G EMA dimensions: their states are remade from the
+// segment's first ones (start) into hs (hs[k * G + j] before step k), then the adjoints lam run
+// back through the segment, adding to the input gradient ga and to the sums sq, spb, sg.
+template <int G, typename Vec>
+MEGA_INLINE void backward_dims(const Vec* start, const Vec* q, const Vec* pb, const Vec* g, const Vec* xs,
+                               const Vec* gs, Vec* hs, Vec* ga, Vec* lam, Vec* sq, Vec* spb, Vec* sg, int64_t steps) {
+  Vec h[G];
+  for (int j = 0; j < G; ++j) hs[j] = h[j] = start[j];
+  for (int64_t k = 0; k < steps; ++k) {
+    for (int j = 0; j < G; ++j) {
+      h[j] = q[j] * h[j] + pb[j] * xs[k];
+      hs[(k + 1) * G + j] = h[j];
+    }
+  }
+  Vec l[G], aq[G], ap[G], ag[G];
+  for (int j = 0; j < G; ++j) {
+    l[j] = lam[j];
+    aq[j] = sq[j];
+    ap[j] = spb[j];
+    ag[j] = sg[j];
+  }
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    Vec a = ga[k];
+    for (int j = 0; j < G; ++j) {
+      l[j] = g[j] * gs[k] + q[j] * l[j];
+      aq[j] += l[j] * hs[k * G + j];
+      ap[j] += l[j] * xs[k];
+      ag[j] += gs[k] * hs[(k + 1) * G + j];
+      a += pb[j] * l[j];
+    }
+    ga[k] = a;
+  }
+  for (int j = 0; j < G; ++j) {
+    lam[j] = l[j];
+    sq[j] = aq[j];
+    spb[j] = ap[j];
+    sg[j] = ag[j];
+  }
+}
+
 template <typename T>
 MEGA_INLINE void forward_body(const T* x, T* y, const T* q, const T* pb, const T* g, const T* omega, T* ckpt,
                               bool reverse, bool accumulate, Shape s) {
-  const int64_t W = s.d1 - s.d0, D = s.D, N = s.N;
-  std::vector<T> h(N * W), acc(W);
-  for (int64_t b = 0; b < s.B; ++b) {
-    std::fill(h.begin(), h.end(), T(0));
-    for (int64_t i = 0; i < s.L; ++i) {
-      const int64_t t = reverse ? s.L - 1 - i : i;
-      if (ckpt != nullptr && i % s.S == 0) {
-        T* c = ckpt + ((i / s.S) * s.B + b) * N * D + s.d0;
-        for (int64_t n = 0; n < N; ++n) std::copy(&h[n * W], &h[n * W] + W, c + n * D);
-      }
-      const T* xt = x + (t * s.B + b) * D + s.d0;
-      T* a = acc.data();
-      if (omega != nullptr) {
-        MEGA_SIMD for (int64_t w = 0; w < W; ++w) a[w] = omega[s.d0 + w] * xt[w];
-      } else {
-        std::fill(acc.begin(), acc.end(), T(0));
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        T* hn = h.data() + n * W;
-        const T* qn = q + n * D + s.d0;
-        const T* pn = pb + n * D + s.d0;
-        const T* gn = g + n * D + s.d0;
-        MEGA_SIMD for (int64_t w = 0; w < W; ++w) {
-          hn[w] = qn[w] * hn[w] + pn[w] * xt[w];
-          a[w] += gn[w] * hn[w];
+  using Vec = typename Lanes<T>::Vec;
+  const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * Lanes<T>::V;
+  // per block j of the panel: coefficients and states [j * N + n], omega [j], a segment [j * S + k]
+  Blocks<Vec> cq(kPanel * N), cp(kPanel * N), cg(kPanel * N), h(kPanel * N), co(kPanel);
+  Blocks<Vec> xs(kPanel * S), acc(kPanel * S);
+  for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
+    const Panel<T> panel{c0, std::min(s.d1, c0 + P)};
+    const int64_t J = panel.blocks();
+    panel.gather_rows(q, &cq[0], N, D);
+    panel.gather_rows(pb, &cp[0], N, D);
+    panel.gather_rows(g, &cg[0], N, D);
+    if (omega != nullptr) panel.gather(omega, &co[0], 1);
+    for (int64_t b = 0; b < s.B; ++b) {
+      h.zero();
+      for (int64_t i0 = 0; i0 < s.L; i0 += S) {
+        const int64_t steps = std::min(s.L - i0, S);
+        if (ckpt != nullptr) {
+          T* c = ckpt + ((i0 / S) * s.B + b) * N * D;
+          for (int64_t n = 0; n < N; ++n) panel.scatter(&h[n], N, c + n * D, false);
         }
-      }
-      T* yt = y + (t * s.B + b) * D + s.d0;
-      if (accumulate) {
-        MEGA_SIMD for (int64_t w = 0; w < W; ++w) yt[w] += a[w];
-      } else {
-        std::copy(a, a + W, yt);
+        for (int64_t k = 0; k < steps; ++k) panel.gather(x + row_at(i0 + k, b, s, reverse), &xs[k], S);
+        for (int64_t j = 0; j < J; ++j) {
+          for (int64_t k = 0; k < steps; ++k) acc[j * S + k] = co[j] * xs[j * S + k];
+          const int64_t o = j * N;
+          int64_t n = 0;
+          for (; n + kDims <= N; n += kDims) {
+            forward_dims<kDims>(&cq[o + n], &cp[o + n], &cg[o + n], &h[o + n], &xs[j * S], &acc[j * S], steps);
+          }
+          for (; n < N; ++n) forward_dims<1>(&cq[o + n], &cp[o + n], &cg[o + n], &h[o + n], &xs[j * S], &acc[j * S], steps);
+        }
+        for (int64_t k = 0; k < steps; ++k) panel.scatter(&acc[k], S, y + row_at(i0 + k, b, s, reverse), accumulate);
       }
     }
   }
@@ -68,87 +210,61 @@ template <typename T>
 MEGA_INLINE void backward_body(const T* x, const T* gy, T* gx, const T* q, const T* pb, const T* g, const T* omega,
                                const T* ckpt, double* gq, double* gpb, double* gg, double* gomega, bool reverse,
                                bool accumulate, Shape s) {
-  const int64_t W = s.d1 - s.d0, D = s.D, N = s.N, NW = N * W;
-  const int64_t segments = (s.L + s.S - 1) / s.S;
-  // states of one segment: hs[0] before its first step, hs[k + 1] after step k
-  std::vector<T> lam(NW), hs((s.S + 1) * NW), gxa(W);
-  // sums over one sequence (in T), added to the double totals after it
-  std::vector<T> sq(NW), spb(NW), sg(NW), so(W);
-  for (int64_t b = 0; b < s.B; ++b) {
-    std::fill(lam.begin(), lam.end(), T(0));
-    std::fill(sq.begin(), sq.end(), T(0));
-    std::fill(spb.begin(), spb.end(), T(0));
-    std::fill(sg.begin(), sg.end(), T(0));
-    std::fill(so.begin(), so.end(), T(0));
-    for (int64_t seg = segments - 1; seg >= 0; --seg) {
-      const int64_t i0 = seg * s.S, i1 = std::min(s.L, i0 + s.S);
-      const T* c = ckpt + (seg * s.B + b) * N * D + s.d0;
-      for (int64_t n = 0; n < N; ++n) std::copy(c + n * D, c + n * D + W, &hs[n * W]);
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t t = reverse ? s.L - 1 - i : i;
-        const T* xt = x + (t * s.B + b) * D + s.d0;
-        const T* prev = hs.data() + (i - i0) * NW;
-        T* cur = hs.data() + (i - i0 + 1) * NW;
-        for (int64_t n = 0; n < N; ++n) {
-          const T* qn = q + n * D + s.d0;
-          const T* pn = pb + n * D + s.d0;
-          const T* pv = prev + n * W;
-          T* cu = cur + n * W;
-          MEGA_SIMD for (int64_t w = 0; w < W; ++w) cu[w] = qn[w] * pv[w] + pn[w] * xt[w];
+  using Vec = typename Lanes<T>::Vec;
+  const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * Lanes<T>::V;
+  const int64_t segments = (s.L + S - 1) / S;
+  // per block j of the panel: coefficients, a segment's first states, the adjoints carried to the
+  // previous segment and the gradient sums over one sequence (in T, added to the double totals after
+  // it) [j * N + n]; omega and its sum [j]; a segment's inputs, output and input gradients [j * S + k]
+  Blocks<Vec> cq(kPanel * N), cp(kPanel * N), cg(kPanel * N), start(kPanel * N), co(kPanel), so(kPanel);
+  Blocks<Vec> lam(kPanel * N), sq(kPanel * N), spb(kPanel * N), sg(kPanel * N);
+  Blocks<Vec> xs(kPanel * S), gs(kPanel * S), ga(kPanel * S), hs((S + 1) * kDims);
+  for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
+    const Panel<T> panel{c0, std::min(s.d1, c0 + P)};
+    const int64_t J = panel.blocks();
+    panel.gather_rows(q, &cq[0], N, D);
+    panel.gather_rows(pb, &cp[0], N, D);
+    panel.gather_rows(g, &cg[0], N, D);
+    if (omega != nullptr) panel.gather(omega, &co[0], 1);
+    for (int64_t b = 0; b < s.B; ++b) {
+      for (Blocks<Vec>* a : {&lam, &sq, &spb, &sg, &so}) a->zero();
+      for (int64_t seg = segments - 1; seg >= 0; --seg) {
+        const int64_t i0 = seg * S, steps = std::min(s.L - i0, S);
+        for (int64_t k = 0; k < steps; ++k) {
+          panel.gather(x + row_at(i0 + k, b, s, reverse), &xs[k], S);
+          panel.gather(gy + row_at(i0 + k, b, s, reverse), &gs[k], S);
         }
-      }
-      for (int64_t i = i1 - 1; i >= i0; --i) {
-        const int64_t t = reverse ? s.L - 1 - i : i;
-        const T* xt = x + (t * s.B + b) * D + s.d0;
-        const T* gt = gy + (t * s.B + b) * D + s.d0;
-        const T* prev = hs.data() + (i - i0) * NW;
-        const T* cur = hs.data() + (i - i0 + 1) * NW;
-        T* ga = gxa.data();
-        if (omega != nullptr) {
-          T* o = so.data();
-          MEGA_SIMD for (int64_t w = 0; w < W; ++w) {
-            ga[w] = omega[s.d0 + w] * gt[w];
-            o[w] += gt[w] * xt[w];
+        const T* c = ckpt + (seg * s.B + b) * N * D;
+        panel.gather_rows(c, &start[0], N, D);
+        for (int64_t j = 0; j < J; ++j) {
+          for (int64_t k = 0; k < steps; ++k) {
+            ga[j * S + k] = co[j] * gs[j * S + k];
+            so[j] += gs[j * S + k] * xs[j * S + k];
           }
-        } else {
-          std::fill(gxa.begin(), gxa.end(), T(0));
-        }
-        for (int64_t n = 0; n < N; ++n) {
-          const T* qn = q + n * D + s.d0;
-          const T* pn = pb + n * D + s.d0;
-          const T* gn = g + n * D + s.d0;
-          const T* pv = prev + n * W;
-          const T* cu = cur + n * W;
-          T* ln = lam.data() + n * W;
-          T* aq = sq.data() + n * W;
-          T* ap = spb.data() + n * W;
-          T* ag = sg.data() + n * W;
-          MEGA_SIMD for (int64_t w = 0; w < W; ++w) {
-            const T l = gn[w] * gt[w] + qn[w] * ln[w];
-            ln[w] = l;
-            aq[w] += l * pv[w];
-            ap[w] += l * xt[w];
-            ag[w] += gt[w] * cu[w];
-            ga[w] += pn[w] * l;
+          const int64_t o = j * N;
+          int64_t n = 0;
+          for (; n + kDims <= N; n += kDims) {
+            backward_dims<kDims>(&start[o + n], &cq[o + n], &cp[o + n], &cg[o + n], &xs[j * S], &gs[j * S], &hs[0],
+                                 &ga[j * S], &lam[o + n], &sq[o + n], &spb[o + n], &sg[o + n], steps);
+          }
+          for (; n < N; ++n) {
+            backward_dims<1>(&start[o + n], &cq[o + n], &cp[o + n], &cg[o + n], &xs[j * S], &gs[j * S], &hs[0],
+                             &ga[j * S], &lam[o + n], &sq[o + n], &spb[o + n], &sg[o + n], steps);
           }
         }
-        T* gxt = gx + (t * s.B + b) * D + s.d0;
-        if (accumulate) {
-          MEGA_SIMD for (int64_t w = 0; w < W; ++w) gxt[w] += ga[w];
-        } else {
-          std::copy(ga, ga + W, gxt);
+        for (int64_t k = 0; k < steps; ++k) panel.scatter(&ga[k], S, gx + row_at(i0 + k, b, s, reverse), accumulate);
+      }
+      for (int64_t j = 0; j < J; ++j) {
+        const int64_t d = c0 + j * Lanes<T>::V;
+        for (int64_t v = 0; v < panel.width(j); ++v) {
+          for (int64_t n = 0; n < N; ++n) {
+            gq[n * D + d + v] += sq[j * N + n][v];
+            gpb[n * D + d + v] += spb[j * N + n][v];
+            gg[n * D + d + v] += sg[j * N + n][v];
+          }
+          if (omega != nullptr) gomega[d + v] += so[j][v];
         }
       }
-    }
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t w = 0; w < W; ++w) {
-        gq[n * D + s.d0 + w] += sq[n * W + w];
-        gpb[n * D + s.d0 + w] += spb[n * W + w];
-        gg[n * D + s.d0 + w] += sg[n * W + w];
-      }
-    }
-    if (omega != nullptr) {
-      for (int64_t w = 0; w < W; ++w) gomega[s.d0 + w] += so[w];
     }
   }
 }
@@ -205,7 +321,12 @@ void check_dense(const c10::optional<at::Tensor>& t, at::IntArrayRef shape, cons
   }
 }
 
-int64_t grain(int64_t D) { return std::max<int64_t>(16, (D + at::get_num_threads() - 1) / at::get_num_threads()); }
+// channels per task: whole blocks of V
+int64_t grain(int64_t D) {
+  const int64_t share = (D + at::get_num_threads() - 1) / at::get_num_threads();
+  constexpr int64_t V = 8;  // a float block (two of double)
+  return std::max<int64_t>(V, (share + V - 1) / V * V);
+}
 
 }  // namespace
 

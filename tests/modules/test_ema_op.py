@@ -212,6 +212,21 @@ def test_recurrence_in_float32_agrees_with_float64_reference(bidirectional):
         assert max_diff(a.double(), b) <= 2e-5 * max(b.abs().max().item(), 1.0), index
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrence_over_several_channel_panels_with_a_partial_block(bidirectional):
+    """The kernel takes the channels a panel at a time (256 float64 channels) in blocks of one
+    register (4 float64 channels) and the EMA dimensions two at a time: 530 channels end in a partial
+    panel and a partial block, and 3 dimensions leave one over. Values and gradients are the reference."""
+    dim, ndim = 530, 3
+    q, p_beta, gamma = random_coefficients(2 * dim if bidirectional else dim, ndim, 19)
+    x = random_input(70, 2, dim, 20)
+    omega = random_omega(dim, 21)
+    leaves = [x, q, p_beta, gamma, omega]
+    out = multi_head_ema(x, q, p_beta, gamma, bidirectional=bidirectional, algorithm="recurrence", omega=omega)
+    reference = ema_reference(x, q, p_beta, gamma, bidirectional=bidirectional) + omega * x
+    assert_close(values_and_gradients([out], leaves, 22), values_and_gradients([reference], leaves, 22), "panels")
+
+
 def test_recurrence_is_the_same_on_more_threads():
     """The kernel splits the channels among threads: each channel's arithmetic is unchanged."""
     q, p_beta, gamma = random_coefficients(40, 3, 9)
