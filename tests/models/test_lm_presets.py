@@ -1,5 +1,7 @@
 """mega_lm presets: defined once, every one builds, ``--arch`` and the hydra YAML give the same model."""
 import argparse
+import copy
+import functools
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,13 @@ def test_shipped_yaml_equals_the_preset(preset):
 
 
 def arch_cfg(preset: str, extra=()):
+    """The config ``fairseq-train --arch preset ...`` makes (a copy: two tests read each preset's,
+    and fairseq's parser takes a second or more to build)."""
+    return copy.deepcopy(_parsed_arch_cfg(preset, tuple(extra)))
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_arch_cfg(preset: str, extra: tuple):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
         "/nonexistent-data", "--user-dir", mega_fairseq.USER_DIR, "--task", "language_modeling",

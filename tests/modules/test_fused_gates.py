@@ -90,18 +90,40 @@ def test_gate_split_gradcheck_float64(used):
     assert torch.autograd.gradcheck(run, inputs())
 
 
-@pytest.fixture(params=[None, 1, 4, 7, 16], ids=lambda n: "block{}".format(n or "-default"))
+#: the fused functions' CPU block sizes the tests run (default: one block here; 1, 4, 7: many
+#: blocks, a block shorter than a chunk; 16: several sequences a block)
+CPU_BLOCKS = [None, 1, 4, 7, 16]
+
+
+def block_id(block) -> str:
+    return "block{}".format(block or "-default")
+
+
+@pytest.fixture(params=CPU_BLOCKS, ids=block_id)
 def cpu_block(request, monkeypatch):
-    """Runs a test with the fused functions' CPU blocks of this many tokens (default: one block
-    here; 1, 4, 7: many blocks, a block shorter than a chunk; 16: several sequences a block)."""
-    if request.param is not None:
-        monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", request.param)
+    """Runs a test with the fused functions' CPU blocks of this many tokens (see :data:`CPU_BLOCKS`)."""
+    use_cpu_block(monkeypatch, request.param)
     return request.param
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("used", ["all", "u_hx", "q_k", "r_pre"])
-def test_gate_projection_gradcheck_and_values(used, with_bias, cpu_block):
+def use_cpu_block(monkeypatch, block):
+    if block is not None:
+        monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", block)
+
+
+def covering(options, blocks=CPU_BLOCKS, full_at=4):
+    """``(option..., block)`` cases: every option at the many-block size ``full_at``, the first
+    (every output used) at every block size. The gradchecks are float64 and slow, and the options
+    (which outputs have a gradient, a bias or not) do not meet the block loop in other ways."""
+    cases = [(*option, full_at) for option in options]
+    cases += [(*options[0], block) for block in blocks if block != full_at]
+    return [pytest.param(*case, id="-".join([*map(str, case[:-1]), block_id(case[-1])])) for case in cases]
+
+
+@pytest.mark.parametrize("used,with_bias,block", covering(
+    [("all", True), ("all", False), ("u_hx", True), ("q_k", True), ("r_pre", True), ("r_pre", False)]))
+def test_gate_projection_gradcheck_and_values(used, with_bias, block, monkeypatch):
+    use_cpu_block(monkeypatch, block)
     picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "r_pre": (3,)}[used]
     gen = torch.Generator().manual_seed(5)
     ema_pre = torch.randn(5, 3, D, generator=gen, dtype=torch.float64).requires_grad_(True)
@@ -182,9 +204,10 @@ def values_inputs(seq_len, chunks, frame, seed=0, bias=True):
     return weights, v_pre, r, projection
 
 
-@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("seq_len,chunks,frame", [(8, 2, 4), (7, 2, 4), (5, 1, 5)])
-def test_gated_attention_projection_gradcheck_and_values(seq_len, chunks, frame, bias, cpu_block):
+@pytest.mark.parametrize("bias,block", covering([(True,), (False,)]))
+def test_gated_attention_projection_gradcheck_and_values(seq_len, chunks, frame, bias, block, monkeypatch):
+    use_cpu_block(monkeypatch, block)
     weights, v_pre, r, projection = values_inputs(seq_len, chunks, frame, bias=bias)
     fused = GatedAttentionProjection.apply(weights, v_pre, r, projection.weight, projection.bias)
     assert fused.shape == (2, seq_len, 4)

@@ -7,6 +7,7 @@ padding, chunks of any fill, causal and bidirectional, every attention activatio
 tests at the end smoke-run both benchmarks' ``--baseline-rev`` modes (structure only, no timing
 assertions). Skipped where the git history is not available (e.g. an sdist).
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -115,13 +116,30 @@ def test_bench_layers_baseline_rev_quick():
 
 @pytest.mark.e2e
 def test_bench_lm_baseline_rev_adds_the_old_layer_row():
-    report = run_script("bench_lm.py", "--lengths", "64", "--steps", "1", "--baseline-rev", BEFORE_REWRITE,
-                        "--repeats", "2")
-    assert report["threads"] == 1 and report["repeats"] == 2
+    # one run a point (every point is a fresh process); test_bench_lm_merges_repeated_runs covers --repeats
+    report = run_script("bench_lm.py", "--lengths", "64", "--steps", "1", "--baseline-rev", BEFORE_REWRITE)
+    assert report["threads"] == 1 and report["repeats"] == 1
     models = {point["model"] for point in report["points"]}
     assert {"mega_lm", "mega_lm@" + BEFORE_REWRITE, "transformer_lm"} <= models
     ratios = report["mega_over_transformer"]["64"]
     assert ratios["train_peak_memory"] > 0 and ratios["baseline_train_peak_memory"] > 0
     assert ratios["train_saved"] > 0 and ratios["train_peak_live_memory"] > 0  # glibc's mallinfo2 (the test machines run Linux)
     mega = next(point for point in report["points"] if point["model"] == "mega_lm")
-    assert mega["runs"] == 2 and len(mega["train_peak_rss_mb_each_run"]) == 2 and mega["train_peak_live_mb"] > 0
+    assert mega["train_peak_live_mb"] > 0 and mega["train_peak_rss_mb"] > 0
+
+
+def test_bench_lm_merges_repeated_runs(monkeypatch):
+    """``--repeats K``: one point per (model, length) with the median of every figure and each
+    run's peak; a skipped run is left out, and a point skipped every time stays skipped."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))  # its sibling bench_common
+    spec = importlib.util.spec_from_file_location("bench_lm", REPO_ROOT / "benchmarks" / "bench_lm.py")
+    bench_lm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_lm)
+    runs = [{"model": "mega_lm", "context": 64, "train_tokens_per_s": speed, "train_peak_rss_mb": peak}
+            for speed, peak in ((100.0, 300.0), (140.0, 310.0), (120.0, 290.0))]
+    merged = bench_lm._median_point(runs + [{"model": "mega_lm", "context": 64, "skipped": "timeout after 1 s"}])
+    assert merged["train_tokens_per_s"] == 120.0 and merged["train_peak_rss_mb"] == 300.0
+    assert merged["runs"] == 3 and merged["train_peak_rss_mb_each_run"] == [300.0, 310.0, 290.0]
+    assert "runs" not in bench_lm._median_point(runs[:1])
+    skipped = [{"model": "mega_lm", "context": 64, "skipped": "exit 1"}] * 2
+    assert bench_lm._median_point(skipped) == skipped[0]
