@@ -106,6 +106,21 @@ struct Panel {
   }
 };
 
+// The coefficients of one panel: q, p_beta and gamma as blocks [j * N + n], omega [j] (zero without it)
+template <typename T>
+struct PanelCoefficients {
+  using Vec = typename Lanes<T>::Vec;
+  Blocks<Vec> q, pb, g, omega;
+  explicit PanelCoefficients(int64_t N) : q(kPanel * N), pb(kPanel * N), g(kPanel * N), omega(kPanel) {}
+  MEGA_INLINE void load(const Panel<T>& panel, const T* q_rows, const T* pb_rows, const T* g_rows,
+                        const T* omega_row, int64_t N, int64_t D) {
+    panel.gather_rows(q_rows, &q[0], N, D);
+    panel.gather_rows(pb_rows, &pb[0], N, D);
+    panel.gather_rows(g_rows, &g[0], N, D);
+    if (omega_row != nullptr) panel.gather(omega_row, &omega[0], 1);
+  }
+};
+
 // The offset of step i of sequence b in a Time x Batch x D array (time reversed for the anti-causal
 // direction)
 MEGA_INLINE int64_t row_at(int64_t i, int64_t b, const Shape& s, bool reverse) {
@@ -175,16 +190,14 @@ MEGA_INLINE void forward_body(const T* x, T* y, const T* q, const T* pb, const T
                               bool reverse, bool accumulate, Shape s) {
   using Vec = typename Lanes<T>::Vec;
   const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * Lanes<T>::V;
-  // per block j of the panel: coefficients and states [j * N + n], omega [j], a segment [j * S + k]
-  Blocks<Vec> cq(kPanel * N), cp(kPanel * N), cg(kPanel * N), h(kPanel * N), co(kPanel);
-  Blocks<Vec> xs(kPanel * S), acc(kPanel * S);
+  // per block j of the panel: states [j * N + n], a segment [j * S + k]
+  PanelCoefficients<T> coef(N);
+  Blocks<Vec>& cq = coef.q, & cp = coef.pb, & cg = coef.g, & co = coef.omega;
+  Blocks<Vec> h(kPanel * N), xs(kPanel * S), acc(kPanel * S);
   for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
     const Panel<T> panel{c0, std::min(s.d1, c0 + P)};
     const int64_t J = panel.blocks();
-    panel.gather_rows(q, &cq[0], N, D);
-    panel.gather_rows(pb, &cp[0], N, D);
-    panel.gather_rows(g, &cg[0], N, D);
-    if (omega != nullptr) panel.gather(omega, &co[0], 1);
+    coef.load(panel, q, pb, g, omega, N, D);
     for (int64_t b = 0; b < s.B; ++b) {
       h.zero();
       for (int64_t i0 = 0; i0 < s.L; i0 += S) {
@@ -216,19 +229,17 @@ MEGA_INLINE void backward_body(const T* x, const T* gy, T* gx, const T* q, const
   using Vec = typename Lanes<T>::Vec;
   const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * Lanes<T>::V;
   const int64_t segments = (s.L + S - 1) / S;
-  // per block j of the panel: coefficients, a segment's first states, the adjoints carried to the
-  // previous segment and the gradient sums over one sequence (in T, added to the double totals after
-  // it) [j * N + n]; omega and its sum [j]; a segment's inputs, output and input gradients [j * S + k]
-  Blocks<Vec> cq(kPanel * N), cp(kPanel * N), cg(kPanel * N), start(kPanel * N), co(kPanel), so(kPanel);
-  Blocks<Vec> lam(kPanel * N), sq(kPanel * N), spb(kPanel * N), sg(kPanel * N);
+  // per block j of the panel: a segment's first states, the adjoints carried to the previous
+  // segment and the gradient sums over one sequence (in T, added to the double totals after it)
+  // [j * N + n]; omega's sum [j]; a segment's inputs, output and input gradients [j * S + k]
+  PanelCoefficients<T> coef(N);
+  Blocks<Vec>& cq = coef.q, & cp = coef.pb, & cg = coef.g, & co = coef.omega;
+  Blocks<Vec> start(kPanel * N), so(kPanel), lam(kPanel * N), sq(kPanel * N), spb(kPanel * N), sg(kPanel * N);
   Blocks<Vec> xs(kPanel * S), gs(kPanel * S), ga(kPanel * S), hs((S + 1) * kDims);
   for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
     const Panel<T> panel{c0, std::min(s.d1, c0 + P)};
     const int64_t J = panel.blocks();
-    panel.gather_rows(q, &cq[0], N, D);
-    panel.gather_rows(pb, &cp[0], N, D);
-    panel.gather_rows(g, &cg[0], N, D);
-    if (omega != nullptr) panel.gather(omega, &co[0], 1);
+    coef.load(panel, q, pb, g, omega, N, D);
     for (int64_t b = 0; b < s.B; ++b) {
       for (Blocks<Vec>* a : {&lam, &sq, &spb, &sg, &so}) a->zero();
       for (int64_t seg = segments - 1; seg >= 0; --seg) {
