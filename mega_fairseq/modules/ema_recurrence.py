@@ -11,8 +11,8 @@ are copied into small local arrays of one-register blocks of channels, and for e
 states of a few EMA dimensions at once (four forward, two backward) stay in registers through the
 segment (a copy for AVX2 + FMA machines, picked when the library loads, and one for any x86-64).
 There is no layout change, no block matrix and no FFT, so it is also the most exact path (the
-reference itself). Its backward runs the adjoint recurrence ``lam[t] = gamma * gy[t] + q * lam[t +
-1]`` back over the sequence and sums the coefficients' gradients (in float64 across sequences); it keeps only the input and the state at
+reference itself). Its backward runs the adjoint recurrence
+``lam[t] = gamma * gy[t] + q * lam[t + 1]`` back over the sequence and sums the coefficients' gradients (in float64 across sequences); it keeps only the input and the state at
 the start of every :data:`SEGMENT` steps (``N / SEGMENT`` values a token), and remakes a segment's
 states from them.
 
