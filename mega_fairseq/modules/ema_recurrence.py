@@ -5,15 +5,16 @@ For each channel the causal EMA is the recurrence of :func:`~.ema_reference.ema_
     h[t] = q * h[t - 1] + p_beta * x[t]        (N-dimensional state)
     y[t] = sum_n gamma[n] * h[t, n]  (+ omega * x[t])
 
-and the anti-causal one the same with time running backward. On the CPU the compiled kernel runs
-it directly in the layers' Time x Batch x D layout, a segment of steps at a time: the segment's rows
+and the anti-causal one the same with time running backward. On the CPU the compiled kernel runs it
+directly in the layers' Time x Batch x D layout, a segment of steps at a time: the segment's rows
 are copied into small local arrays of one-register blocks of channels, and for each block the
 states of a few EMA dimensions at once (four forward, two backward) stay in registers through the
 segment (a copy for AVX2 + FMA machines, picked when the library loads, and one for any x86-64).
 There is no layout change, no block matrix and no FFT, so it is also the most exact path (the
 reference itself). Its backward runs the adjoint recurrence
-``lam[t] = gamma * gy[t] + q * lam[t + 1]`` back over the sequence and sums the coefficients' gradients (in float64 across sequences); it keeps only the input and the state at
-the start of every :data:`SEGMENT` steps (``N / SEGMENT`` values a token), and remakes a segment's
+``lam[t] = gamma * gy[t] + q * lam[t + 1]`` back over the sequence and sums the coefficients'
+gradients (in float64 across sequences); it keeps only the input and the state at the
+start of every :data:`SEGMENT` steps (``N / SEGMENT`` values a token), and remakes a segment's
 states from them.
 
 The kernel is built in place by ``python setup.py build_ext --inplace`` (``make install`` runs it)
