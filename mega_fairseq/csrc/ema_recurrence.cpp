@@ -338,7 +338,7 @@ void check_dense(const c10::optional<at::Tensor>& t, at::IntArrayRef shape, cons
 // channels per task: whole blocks of V
 int64_t grain(int64_t D) {
   const int64_t share = (D + at::get_num_threads() - 1) / at::get_num_threads();
-  constexpr int64_t V = 8;  // a float block (two of double)
+  constexpr int64_t V = Lanes<float>::V;  // a float block, two double blocks: whole blocks either way
   return std::max<int64_t>(V, (share + V - 1) / V * V);
 }
 

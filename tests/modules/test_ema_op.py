@@ -218,8 +218,9 @@ def test_recurrence_in_float32_agrees_with_float64_reference(bidirectional):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_recurrence_over_several_channel_panels_with_a_partial_block(bidirectional):
     """The kernel takes the channels a panel at a time (256 float64 channels) in blocks of one
-    register (4 float64 channels) and the EMA dimensions two at a time: 530 channels end in a partial
-    panel and a partial block, and 3 dimensions leave one over. Values and gradients are the reference."""
+    register (4 float64 channels), and the EMA dimensions four at a time forward and two backward:
+    530 channels end in a partial panel and a partial block, and 3 dimensions all go to the
+    forward's remainder loop and leave one over in the backward. Values and gradients are the reference."""
     dim, ndim = 530, 3
     q, p_beta, gamma = random_coefficients(2 * dim if bidirectional else dim, ndim, 19)
     x = random_input(70, 2, dim, 20)
