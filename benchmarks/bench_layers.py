@@ -399,7 +399,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--mem-budget-gb", type=float, default=6.0)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
-    parser.add_argument("--only", choices=["train", "decode"], help="run one part only")
+    parser.add_argument("--only", choices=["train", "decode"],
+                        help="run one part only (not with --baseline-rev, which always measures both)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every measurement")
     parser.add_argument("--baseline-rev", metavar="REV",
                         help="measure the layer at git revision REV against the current one, in one process")
@@ -409,6 +410,8 @@ def main():
     parser.add_argument("--reps", type=int, help="timed repetitions (default: 3, or 5 with --baseline-rev)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline_rev and args.only:
+        parser.error("--only does not apply with --baseline-rev: the comparison always measures training and decoding")
     if args.baseline_rev:
         spec = dict(COMPARE, reps=args.reps or COMPARE["reps"])
         if args.quick:

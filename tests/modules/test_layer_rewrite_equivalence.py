@@ -93,6 +93,21 @@ def run_script(name, *args, timeout=600):
     return json.loads(proc.stdout)
 
 
+def test_bench_layers_refuses_only_with_a_baseline_rev(monkeypatch, capsys):
+    """The comparison always measures both parts: ``--only`` there is an error, not silently ignored."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import bench_layers
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(sys, "argv", ["bench_layers.py", "--baseline-rev", BEFORE_REWRITE, "--only", "train"])
+    with pytest.raises(SystemExit) as stop:
+        bench_layers.main()
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--only does not apply with --baseline-rev" in err
+
+
 @pytest.mark.e2e
 def test_bench_layers_baseline_rev_quick():
     report = run_script("bench_layers.py", "--quick", "--baseline-rev", BEFORE_REWRITE, "--reps", "1")
