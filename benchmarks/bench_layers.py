@@ -410,9 +410,9 @@ def main():
     parser.add_argument("--reps", type=int, help="timed repetitions (default: 3, or 5 with --baseline-rev)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.baseline_rev and args.only:
-        parser.error("--only does not apply with --baseline-rev: the comparison always measures training and decoding")
     if args.baseline_rev:
+        if args.only:
+            parser.error("--only does not apply with --baseline-rev: the comparison always measures training and decoding")
         spec = dict(COMPARE, reps=args.reps or COMPARE["reps"])
         if args.quick:
             spec.update(width=32, zdim=16, hdim=64, ndim=4, chunk=16, length=64, batch=2, decode_position=20,

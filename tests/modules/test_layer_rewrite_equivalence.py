@@ -7,7 +7,7 @@ padding, chunks of any fill, causal and bidirectional, every attention activatio
 tests at the end smoke-run both benchmarks' ``--baseline-rev`` modes (structure only, no timing
 assertions). Skipped where the git history is not available (e.g. an sdist).
 """
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -34,14 +34,18 @@ def _history_available() -> bool:
 pytestmark = pytest.mark.skipif(not _history_available(), reason="git history with the pre-rewrite layer needed")
 
 
-@pytest.fixture(scope="module")
-def old_layer_class():
+def benchmark_module(name):
+    """The script ``benchmarks/<name>.py`` imported as a module (with its sibling ``bench_common``)."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     try:
-        from bench_layers import load_baseline_layer_class
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return load_baseline_layer_class(BEFORE_REWRITE)
+
+
+@pytest.fixture(scope="module")
+def old_layer_class():
+    return benchmark_module("bench_layers").load_baseline_layer_class(BEFORE_REWRITE)
 
 
 def causal_mask(length, chunk_size, attention_activation):
@@ -95,11 +99,7 @@ def run_script(name, *args, timeout=600):
 
 def test_bench_layers_refuses_only_with_a_baseline_rev(monkeypatch, capsys):
     """The comparison always measures both parts: ``--only`` there is an error, not silently ignored."""
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        import bench_layers
-    finally:
-        sys.path.pop(0)
+    bench_layers = benchmark_module("bench_layers")
     monkeypatch.setattr(sys, "argv", ["bench_layers.py", "--baseline-rev", BEFORE_REWRITE, "--only", "train"])
     with pytest.raises(SystemExit) as stop:
         bench_layers.main()
@@ -146,10 +146,7 @@ def test_bench_lm_baseline_rev_adds_the_old_layer_row():
 def test_bench_lm_merges_repeated_runs(monkeypatch):
     """``--repeats K``: one point per (model, length) with the median of every figure and each
     run's peak; a skipped run is left out, and a point skipped every time stays skipped."""
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))  # its sibling bench_common
-    spec = importlib.util.spec_from_file_location("bench_lm", REPO_ROOT / "benchmarks" / "bench_lm.py")
-    bench_lm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_lm)
+    bench_lm = benchmark_module("bench_lm")
     runs = [{"model": "mega_lm", "context": 64, "train_tokens_per_s": speed, "train_peak_rss_mb": peak}
             for speed, peak in ((100.0, 300.0), (140.0, 310.0), (120.0, 290.0))]
     merged = bench_lm._median_point(runs + [{"model": "mega_lm", "context": 64, "skipped": "timeout after 1 s"}])
