@@ -32,6 +32,7 @@ from torch import Tensor
 from .activations import silu
 from .fusion_guard import compiling, fused_autograd_applies, plain_module
 from .recomputed_activations import recompute_on_backward
+from .reused_buffers import BACKWARD_GRADIENTS
 from .silu_gate_kernels import (
     gated_output_backward,
     gated_output_into,
@@ -310,8 +311,9 @@ class GatedAttentionProjection(torch.autograd.Function):
         need_weights, need_v, need_r, need_weight = ctx.needs_input_grad[:4]
         grad_bias = grad_h.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[4] else None
         grad_weights = torch.empty_like(weights, memory_format=torch.contiguous_format) if need_weights else None
-        grad_v_pre = torch.empty_like(v_pre, memory_format=torch.contiguous_format) if need_v else None
-        grad_r_pre = r_pre.new_empty(r_pre.shape) if need_r else None
+        # each read once by the projection before (v_proj / mx_proj), then dead: memory reused across steps
+        grad_v_pre = BACKWARD_GRADIENTS.empty(v_pre.shape, v_pre) if need_v else None
+        grad_r_pre = BACKWARD_GRADIENTS.empty(r_pre.shape, r_pre) if need_r else None
         grad_weight = weight.new_zeros(weight.shape) if need_weight else None
         r_bt = r_pre.transpose(0, 1)
         # buffers: 0 values, 1 the attention output (then its gradient through the chunk matmul),
