@@ -51,12 +51,13 @@ class GateProjection(torch.autograd.Function):
         sizes = [embed_dim, zdim + hdim, embed_dim]
         weights = weight.split(sizes)
         biases = bias.split(sizes) if bias is not None else (None, None, None)
-        u, zr, hx = _project_in_blocks(ema_pre, weights, biases)  # zr: (T B) x (Z + H), z then r_pre
-        z = _shared_query_key(zr, seq_len, bsz, zdim)
+        # zr: (T B) x (Z + H), z then r_pre; z = silu(z_pre), T x B x Z
+        u, zr, hx, z = _project_in_blocks(ema_pre, weights, biases, zdim)
         q, k = _batch_first_query_key(z, gamma, beta)
         # q and k are not kept by the attention's score matmul: remade from the kept [z | r_pre]
+        remade = _RemadeQueryKey(zr, gamma, beta, seq_len, bsz, zdim)
         for index, tensor in enumerate((q, k)):
-            recompute_on_backward(tensor, functools.partial(_query_or_key, zr, gamma, beta, index, seq_len, bsz, zdim))
+            recompute_on_backward(tensor, functools.partial(remade, index))
         ctx.sizes = (embed_dim, zdim, hdim)
         ctx.has_bias = bias is not None
         ctx.save_for_backward(ema_pre, weight, u, zr, gamma)
@@ -111,13 +112,15 @@ class GateProjection(torch.autograd.Function):
         return grad_ema_pre, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None
 
 
-def _project_in_blocks(ema_pre: Tensor, weights, biases) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(u, [z | r_pre], hx)`` of :meth:`GateProjection.forward`, with ``mx = silu(ema_pre)`` formed
-    a run of time steps at a time in one reused buffer (see :func:`~.fused_gates.time_blocks`), never whole."""
+def _project_in_blocks(ema_pre: Tensor, weights, biases, zdim: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(u, [z | r_pre], hx, z)`` of :meth:`GateProjection.forward`, with ``mx = silu(ema_pre)`` formed
+    a run of time steps at a time in one reused buffer (see :func:`~.fused_gates.time_blocks`), never
+    whole; ``z = silu(z_pre)`` (Time x Batch x Z) is formed from each block's ``z_pre`` while it is in cache."""
     seq_len, bsz, embed_dim = ema_pre.shape
     u = ema_pre.new_empty(seq_len, bsz, embed_dim)
     zr = ema_pre.new_empty(seq_len * bsz, weights[1].size(0))
     hx = ema_pre.new_empty(seq_len, bsz, embed_dim)
+    z = ema_pre.new_empty(seq_len, bsz, zdim)
     outputs = (u.view(-1, embed_dim), zr, hx.view(-1, embed_dim))
     blocks = time_blocks(ema_pre)
     mx_buffer = ema_pre.new_empty((blocks[0].stop - blocks[0].start) * bsz * embed_dim)
@@ -132,7 +135,8 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases) -> Tuple[Tensor, Tensor
             else:
                 torch.addmm(piece_bias, mx, piece_weight.t(), out=piece[rows])
         outputs[0][rows].sigmoid_()
-    return u, zr, hx
+        silu_into(zr[rows, :zdim].view(block.stop - block.start, bsz, zdim), z[block])
+    return u, zr, hx, z
 
 
 def _shared_query_key(zr: Tensor, seq_len: int, bsz: int, zdim: int, slope: Optional[Tensor] = None) -> Tensor:
@@ -143,9 +147,21 @@ def _shared_query_key(zr: Tensor, seq_len: int, bsz: int, zdim: int, slope: Opti
     return silu_into(z_pre, z) if slope is None else silu_with_slope(z_pre, z, slope)
 
 
-def _query_or_key(zr: Tensor, gamma: Tensor, beta: Tensor, index: int, seq_len: int, bsz: int, zdim: int) -> Tensor:
-    """q (``index`` 0) or k (1), Batch x Time x Z, from the ``[z | r_pre]`` buffer ((T B) x (Z + H))."""
-    return batch_first_query_or_key(_shared_query_key(zr, seq_len, bsz, zdim), gamma, beta, index)
+class _RemadeQueryKey:
+    """Remakes q (``index`` 0) or k (1), Batch x Time x Z, from the kept ``[z | r_pre]`` buffer ((T B) x
+    (Z + H)) in the backward. The attention's backward reads both: ``z = silu(z_pre)`` is formed once,
+    for the first of them, and dropped after the second."""
+
+    def __init__(self, zr: Tensor, gamma: Tensor, beta: Tensor, seq_len: int, bsz: int, zdim: int):
+        self.zr, self.gamma, self.beta, self.sizes = zr, gamma, beta, (seq_len, bsz, zdim)
+        self.z: Optional[Tensor] = None
+        self.remaining = {0, 1}
+
+    def __call__(self, index: int) -> Tensor:
+        z = self.z if self.z is not None else _shared_query_key(self.zr, *self.sizes)
+        self.remaining.discard(index)
+        self.z = z if self.remaining else None
+        return batch_first_query_or_key(z, self.gamma, self.beta, index)
 
 
 def project_gates(ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,

@@ -320,6 +320,29 @@ def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
     assert [n for n in backward.sizes if n >= tokens * dim] == [tokens * dim] * 3  # grads of attended/hx, residual, u
 
 
+def test_the_backward_forms_z_once_for_remaking_both_q_and_k(monkeypatch):
+    """In training q and k are not kept (recomputed_activations); the attention's backward reads
+    both, and ``z = silu(z_pre)`` they are made from is formed once for the two (the gate
+    projection's backward forms it once more, with its slope). The forward forms it block by block."""
+    from mega_fairseq.modules import gate_projection
+
+    calls = []
+    shared_query_key = gate_projection._shared_query_key
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("slope", args[4] if len(args) > 4 else None) is not None)
+        return shared_query_key(*args, **kwargs)
+
+    monkeypatch.setattr(gate_projection, "_shared_query_key", counted)
+    torch.manual_seed(0)
+    layer = MovingAverageGatedAttention(D, Z, H, 2, chunk_size=4, max_positions=16)
+    x = torch.randn(12, 2, D, requires_grad=True)
+    out = layer(x)[0]
+    assert calls == []
+    out.square().sum().backward()
+    assert sorted(calls) == [False, True]
+
+
 @pytest.mark.parametrize("with_hx", [True, False])
 @pytest.mark.parametrize("transposed", [True, False])
 def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed, cpu_block):
