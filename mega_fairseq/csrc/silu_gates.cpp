@@ -55,14 +55,34 @@ MEGA_INLINE float sigmoid(float x, float lo, float hi) {
 // d silu / dx = s (1 + x (1 - s)) with s = sigmoid(x)
 MEGA_INLINE float silu_slope(float x, float s) { return s * (1.0f + x * (1.0f - s)); }
 
-// one operand: its data and the strides of its first two dimensions
+// one operand: its data, the strides of its first two dimensions, and whether the kernel reads
+// it from rows that do not follow one another in memory (see prefetch_row)
 struct Operand {
   float* data;
   int64_t stride0, stride1;
+  bool scattered_input;
   MEGA_INLINE float* row(int64_t i, int64_t j) const { return data ? data + i * stride0 + j * stride1 : nullptr; }
 };
 
 using Operands = std::vector<Operand>;
+
+// Rows that do not follow one another (e.g. one sequence's time steps in a Time x Batch tensor:
+// 4 KiB rows 18 KiB apart) start on a new page each, where the hardware prefetcher stops: every
+// row would begin with a wait for memory. The row kRowsAhead rows ahead of the current one is
+// requested early, for the inputs read so (outputs and contiguous inputs: not needed, measured
+// slower). Measured on the reset gate read one sequence at a time (d=512, h=1024, 8192 tokens,
+// cold cache): 13 -> 9 ms a pass.
+constexpr int64_t kRowsAhead = 2;
+
+MEGA_INLINE void prefetch_row(const Operands& o, int64_t cols, int64_t width, int64_t k, int64_t end) {
+  if (k + kRowsAhead >= end) return;
+  const int64_t i = (k + kRowsAhead) / cols, j = (k + kRowsAhead) % cols;
+  for (const Operand& op : o) {
+    if (!op.scattered_input) continue;
+    const float* p = op.row(i, j);
+    for (int64_t w = 0; w < width; w += 64 / sizeof(float)) __builtin_prefetch(p + w, 0, 3);
+  }
+}
 
 // One row of each kernel, n elements. The arguments are __restrict__ parameters (which GCC keeps
 // when it inlines the function), so the loops vectorise without runtime alias checks; with
@@ -124,6 +144,7 @@ MEGA_INLINE void gated_output_backward_row(int64_t n, const float* __restrict__ 
 MEGA_CLONES void silu_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end, float lo,
                            float hi) {
   for (int64_t k = begin; k < end; ++k) {
+    prefetch_row(o, cols, width, k, end);
     const int64_t i = k / cols, j = k % cols;
     if (o[2].data) {
       silu_row<true>(width, o[0].row(i, j), o[1].row(i, j), o[2].row(i, j), lo, hi);
@@ -136,6 +157,7 @@ MEGA_CLONES void silu_rows(const Operands& o, int64_t cols, int64_t width, int64
 MEGA_CLONES void mul_silu_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end, float lo,
                                float hi) {
   for (int64_t k = begin; k < end; ++k) {
+    prefetch_row(o, cols, width, k, end);
     const int64_t i = k / cols, j = k % cols;
     mul_silu_row(width, o[0].row(i, j), o[1].row(i, j), lo, hi);
   }
@@ -144,6 +166,7 @@ MEGA_CLONES void mul_silu_rows(const Operands& o, int64_t cols, int64_t width, i
 MEGA_CLONES void reset_gate_backward_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin,
                                           int64_t end, float lo, float hi) {
   for (int64_t k = begin; k < end; ++k) {
+    prefetch_row(o, cols, width, k, end);
     const int64_t i = k / cols, j = k % cols;
     const float* a = o[0].row(i, j);
     float *g = o[1].row(i, j), *gated = o[3].row(i, j), *grad_r = o[4].row(i, j);
@@ -163,6 +186,7 @@ MEGA_CLONES void reset_gate_backward_rows(const Operands& o, int64_t cols, int64
 MEGA_CLONES void gated_output_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end,
                                    float lo, float hi) {
   for (int64_t k = begin; k < end; ++k) {
+    prefetch_row(o, cols, width, k, end);
     const int64_t i = k / cols, j = k % cols;
     gated_output_row(width, o[0].row(i, j), o[1].row(i, j), o[2].row(i, j), o[3].row(i, j), lo, hi);
   }
@@ -171,6 +195,7 @@ MEGA_CLONES void gated_output_rows(const Operands& o, int64_t cols, int64_t widt
 MEGA_CLONES void gated_output_backward_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin,
                                             int64_t end, float lo, float hi) {
   for (int64_t k = begin; k < end; ++k) {
+    prefetch_row(o, cols, width, k, end);
     const int64_t i = k / cols, j = k % cols;
     const float *g = o[0].row(i, j), *residual = o[1].row(i, j), *pre = o[2].row(i, j), *u = o[3].row(i, j);
     float *grad_pre = o[4].row(i, j), *grad_residual = o[5].row(i, j), *grad_u = o[6].row(i, j);
@@ -186,21 +211,26 @@ MEGA_CLONES void gated_output_backward_rows(const Operands& o, int64_t cols, int
   }
 }
 
-// the operands of a call: defined ones must be float32 CPU tensors of the first one's 3-d shape
-// with a contiguous last dimension; an undefined optional one becomes a null operand
-Operands operands(const std::vector<c10::optional<at::Tensor>>& tensors, const char* name) {
+// the operands of a call, its `inputs` first: defined ones must be float32 CPU tensors of the
+// first one's 3-d shape with a contiguous last dimension; an undefined optional one becomes a null
+// operand
+Operands operands(const std::vector<c10::optional<at::Tensor>>& tensors, size_t inputs, const char* name) {
   const at::Tensor& first = *tensors[0];
   Operands result;
   for (const auto& t : tensors) {
     if (!t.has_value()) {
-      result.push_back(Operand{nullptr, 0, 0});
+      result.push_back(Operand{nullptr, 0, 0, false});
       continue;
     }
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 3 &&
                     t->sizes() == first.sizes() && (t->stride(2) == 1 || t->size(2) <= 1),
                 name, ": every operand must be a float32 CPU tensor of shape ", first.sizes(),
                 " with a contiguous last dimension");
-    result.push_back(Operand{t->data_ptr<float>(), t->stride(0), t->stride(1)});
+    // row (i, j + 1) follows row (i, j), and row (i + 1, 0) follows the last of row i
+    const bool rows_follow = (t->size(1) <= 1 || t->stride(1) == t->size(2)) &&
+                             (t->size(0) <= 1 || t->stride(0) == t->size(1) * t->size(2));
+    const bool scattered_input = result.size() < inputs && !rows_follow;
+    result.push_back(Operand{t->data_ptr<float>(), t->stride(0), t->stride(1), scattered_input});
   }
   return result;
 }
@@ -228,28 +258,28 @@ void run(const at::Tensor& first, const Operands& o, RowsKernel kernel) {
 }  // namespace
 
 void silu(const at::Tensor& x, const at::Tensor& out) {
-  run(x, operands({x, out, c10::nullopt}, "silu"), silu_rows);
+  run(x, operands({x, out, c10::nullopt}, 1, "silu"), silu_rows);
 }
 
 void silu_with_slope(const at::Tensor& x, const at::Tensor& out, const at::Tensor& slope) {
-  run(x, operands({x, out, slope}, "silu_with_slope"), silu_rows);
+  run(x, operands({x, out, slope}, 1, "silu_with_slope"), silu_rows);
 }
 
-void mul_silu_(const at::Tensor& a, const at::Tensor& r) { run(a, operands({a, r}, "mul_silu_"), mul_silu_rows); }
+void mul_silu_(const at::Tensor& a, const at::Tensor& r) { run(a, operands({a, r}, 2, "mul_silu_"), mul_silu_rows); }
 
 void reset_gate_backward(const at::Tensor& attended, const at::Tensor& grad, const at::Tensor& r,
                          c10::optional<at::Tensor> gated, c10::optional<at::Tensor> grad_r) {
-  run(attended, operands({attended, grad, r, gated, grad_r}, "reset_gate_backward"), reset_gate_backward_rows);
+  run(attended, operands({attended, grad, r, gated, grad_r}, 3, "reset_gate_backward"), reset_gate_backward_rows);
 }
 
 void gated_output(const at::Tensor& residual, const at::Tensor& pre, const at::Tensor& u, const at::Tensor& out) {
-  run(residual, operands({residual, pre, u, out}, "gated_output"), gated_output_rows);
+  run(residual, operands({residual, pre, u, out}, 3, "gated_output"), gated_output_rows);
 }
 
 void gated_output_backward(const at::Tensor& grad, const at::Tensor& residual, const at::Tensor& pre,
                            const at::Tensor& u, const at::Tensor& grad_pre, c10::optional<at::Tensor> grad_residual,
                            c10::optional<at::Tensor> grad_u) {
-  run(grad, operands({grad, residual, pre, u, grad_pre, grad_residual, grad_u}, "gated_output_backward"),
+  run(grad, operands({grad, residual, pre, u, grad_pre, grad_residual, grad_u}, 4, "gated_output_backward"),
       gated_output_backward_rows);
 }
 
