@@ -295,11 +295,9 @@ class GatedAttentionProjection(torch.autograd.Function):
             # the attention output becomes the gated product in place (values' buffer: scratch)
             gated = mul_silu_(attended[:, : last - first], r_bt[sequences, first:last], values[:, : last - first])
             rows = out[sequences, first:last].view(-1, out.size(-1))
-            gated_rows = gated.reshape(-1, hdim)
-            if bias is None:
-                torch.mm(gated_rows, weight.t(), out=rows)
-            else:
-                torch.addmm(bias, gated_rows, weight.t(), out=rows)
+            torch.mm(gated.reshape(-1, hdim), weight.t(), out=rows)
+            if bias is not None:
+                rows.add_(bias)  # while the rows are in cache (see gate_projection._project_in_blocks)
         ctx.save_for_backward(weights, v_pre, r_pre, weight)
         ctx.has_bias = bias is not None
         return out

@@ -86,6 +86,8 @@ class GateProjection(torch.autograd.Function):
         mx_buffer = ema_pre.new_empty(steps * bsz * embed_dim) if need_weight else None
         # silu'(mx_pre), formed with mx when both gradients are needed
         slope_buffer = ema_pre.new_empty(steps * bsz * embed_dim) if need_weight and need_input else None
+        # the bias gradient, a column sum, as a matrix-vector product (one pass, no reduction buffer)
+        ones = ema_pre.new_ones(steps * bsz) if grad_bias is not None else None
         for block in blocks:
             shape = (block.stop - block.start, bsz, embed_dim)
             count = shape[0] * bsz
@@ -102,7 +104,7 @@ class GateProjection(torch.autograd.Function):
                     silu_with_slope(mx_pre, mx, slope)
                 grad_weight.addmm_(grad_base.t(), mx.view(count, embed_dim))
             if grad_bias is not None:
-                grad_bias.add_(grad_base.sum(0))
+                grad_bias.addmv_(grad_base.t(), ones[:count])
             if need_input:
                 grad_mx = torch.mm(grad_base, weight, out=grad_ema_pre[block].view(count, embed_dim))
                 if slope is None:
@@ -130,10 +132,11 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases, zdim: int) -> Tuple[Ten
         mx = silu_into(ema_pre[block], mx_buffer[: count * embed_dim].view(block.stop - block.start, bsz, embed_dim))
         mx = mx.view(count, embed_dim)
         for piece, piece_weight, piece_bias in zip(outputs, weights, biases):
-            if piece_bias is None:
-                torch.mm(mx, piece_weight.t(), out=piece[rows])
-            else:
-                torch.addmm(piece_bias, mx, piece_weight.t(), out=piece[rows])
+            torch.mm(mx, piece_weight.t(), out=piece[rows])
+            if piece_bias is not None:
+                # added while the block's rows are in cache (addmm would first copy the bias into
+                # memory not yet touched, then read it back)
+                piece[rows].add_(piece_bias)
         outputs[0][rows].sigmoid_()
         silu_into(zr[rows, :zdim].view(block.stop - block.start, bsz, zdim), z[block])
     return u, zr, hx, z
