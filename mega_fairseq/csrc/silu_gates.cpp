@@ -88,14 +88,15 @@ MEGA_INLINE void prefetch_row(const Operands& o, int64_t cols, int64_t width, in
 // when it inlines the function), so the loops vectorise without runtime alias checks; with
 // seven pointers those checks are too many and the loop would not vectorise at all.
 
-// out = silu(x); with kSlope also slope = silu'(x)
-template <bool kSlope>
+// out = silu(x (+ bias with kBias)); with kSlope also slope = silu'(the same)
+template <bool kSlope, bool kBias>
 MEGA_INLINE void silu_row(int64_t n, const float* __restrict__ x, float* __restrict__ out,
-                          float* __restrict__ slope, float lo, float hi) {
+                          float* __restrict__ slope, const float* __restrict__ bias, float lo, float hi) {
   for (int64_t w = 0; w < n; ++w) {
-    const float s = sigmoid(x[w], lo, hi);
-    out[w] = x[w] * s;
-    if (kSlope) slope[w] = silu_slope(x[w], s);
+    const float v = kBias ? x[w] + bias[w] : x[w];
+    const float s = sigmoid(v, lo, hi);
+    out[w] = v * s;
+    if (kSlope) slope[w] = silu_slope(v, s);
   }
 }
 
@@ -146,10 +147,17 @@ MEGA_CLONES void silu_rows(const Operands& o, int64_t cols, int64_t width, int64
   for (int64_t k = begin; k < end; ++k) {
     prefetch_row(o, cols, width, k, end);
     const int64_t i = k / cols, j = k % cols;
-    if (o[2].data) {
-      silu_row<true>(width, o[0].row(i, j), o[1].row(i, j), o[2].row(i, j), lo, hi);
+    const float* x = o[0].row(i, j);
+    float *out = o[1].row(i, j), *slope = o[2].row(i, j);
+    const float* bias = o[3].data;  // one row for all
+    if (slope && bias) {
+      silu_row<true, true>(width, x, out, slope, bias, lo, hi);
+    } else if (slope) {
+      silu_row<true, false>(width, x, out, slope, nullptr, lo, hi);
+    } else if (bias) {
+      silu_row<false, true>(width, x, out, nullptr, bias, lo, hi);
     } else {
-      silu_row<false>(width, o[0].row(i, j), o[1].row(i, j), nullptr, lo, hi);
+      silu_row<false, false>(width, x, out, nullptr, nullptr, lo, hi);
     }
   }
 }
@@ -257,12 +265,29 @@ void run(const at::Tensor& first, const Operands& o, RowsKernel kernel) {
 
 }  // namespace
 
-void silu(const at::Tensor& x, const at::Tensor& out) {
-  run(x, operands({x, out, c10::nullopt}, 1, "silu"), silu_rows);
+// the operands of silu: x, out, slope (or null) and the bias (or null), one contiguous float32 row
+// of x's width that every row adds
+Operands silu_operands(const at::Tensor& x, const at::Tensor& out, const c10::optional<at::Tensor>& slope,
+                       const c10::optional<at::Tensor>& bias, const char* name) {
+  Operands o = operands({x, out, slope}, 1, name);
+  if (!bias.has_value()) {
+    o.push_back(Operand{nullptr, 0, 0, false});
+    return o;
+  }
+  TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
+                  bias->size(0) == x.size(2) && bias->is_contiguous(),
+              name, ": the bias must be a contiguous float32 CPU vector of ", x.size(2), " elements");
+  o.push_back(Operand{bias->data_ptr<float>(), 0, 0, false});
+  return o;
 }
 
-void silu_with_slope(const at::Tensor& x, const at::Tensor& out, const at::Tensor& slope) {
-  run(x, operands({x, out, slope}, 1, "silu_with_slope"), silu_rows);
+void silu(const at::Tensor& x, const at::Tensor& out, c10::optional<at::Tensor> bias) {
+  run(x, silu_operands(x, out, c10::nullopt, bias, "silu"), silu_rows);
+}
+
+void silu_with_slope(const at::Tensor& x, const at::Tensor& out, const at::Tensor& slope,
+                     c10::optional<at::Tensor> bias) {
+  run(x, silu_operands(x, out, slope, bias, "silu_with_slope"), silu_rows);
 }
 
 void mul_silu_(const at::Tensor& a, const at::Tensor& r) { run(a, operands({a, r}, 2, "mul_silu_"), mul_silu_rows); }
@@ -284,8 +309,10 @@ void gated_output_backward(const at::Tensor& grad, const at::Tensor& residual, c
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("silu", &silu, "out = silu(x)");
-  m.def("silu_with_slope", &silu_with_slope, "out = silu(x), slope = silu'(x)");
+  m.def("silu", &silu, "out = silu(x (+ bias))", pybind11::arg("x"), pybind11::arg("out"),
+        pybind11::arg("bias") = pybind11::none());
+  m.def("silu_with_slope", &silu_with_slope, "out = silu(x (+ bias)), slope = silu'(the same)", pybind11::arg("x"),
+        pybind11::arg("out"), pybind11::arg("slope"), pybind11::arg("bias") = pybind11::none());
   m.def("mul_silu_", &mul_silu_, "a *= silu(r)");
   m.def("reset_gate_backward", &reset_gate_backward, "the reset gate's backward (see silu_gate_kernels.py)");
   m.def("gated_output", &gated_output, "out = residual + u * (silu(pre) - residual)");

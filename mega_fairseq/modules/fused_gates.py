@@ -243,14 +243,15 @@ class _ChunkBlocks:
         return self.buffers[index][: shape[0] * shape[1] * shape[2]].view(shape)
 
 
-def _silu_padded(pre: Tensor, out: Tensor, slope: Optional[Tensor] = None) -> Tensor:
-    """``silu(pre)`` into the front rows of ``out`` (S x P x H, pre S x P' x H with P' <= P); the rows
-    after them are zeroed (keys past the end: their weight is zero, a leftover NaN must not leak).
-    With ``slope`` (out's shape), ``silu'(pre)`` goes into its front rows."""
+def _silu_padded(pre: Tensor, out: Tensor, slope: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+    """``silu(pre + bias)`` (``silu(pre)`` when bias is None) into the front rows of ``out`` (S x P x H,
+    pre S x P' x H with P' <= P); the rows after them are zeroed (keys past the end: their weight is
+    zero, a leftover NaN must not leak). With ``slope`` (out's shape), silu's derivative goes into its
+    front rows."""
     if slope is None:
-        silu_into(pre, out[:, : pre.size(1)])
+        silu_into(pre, out[:, : pre.size(1)], bias)
     else:
-        silu_with_slope(pre, out[:, : pre.size(1)], slope[:, : pre.size(1)])
+        silu_with_slope(pre, out[:, : pre.size(1)], slope[:, : pre.size(1)], bias)
     out[:, pre.size(1):].zero_()
     return out
 
@@ -267,8 +268,13 @@ def _chunk_matmul(weights: Tensor, values: Tensor, out: Tensor, transpose: bool 
 
 
 class GatedAttentionProjection(torch.autograd.Function):
-    """``h = W_h ((weights @ silu(v_pre)) * silu(r_pre)) + b_h``, keeping only ``weights``, the
+    """``h = W_h ((weights @ silu(v_pre + b_v)) * silu(r_pre)) + b_h``, keeping only ``weights``, the
     pre-activations and ``W_h``.
+
+    ``b_v`` is ``v_proj``'s bias (or None, e.g. when ``v_pre`` already holds it): added here, in the
+    passes that form ``silu(v)`` anyway, ``v_proj`` runs as a GEMM without bias (no bias copied into its
+    Batch x Time x H output first) and the bias gradient is summed block by block while the blocks
+    of ``v_pre``'s gradient are in cache.
 
     Plain autograd keeps ``silu(v_pre)``, the attention output, ``r = silu(r_pre)`` and the gated
     product (``h_proj``'s input) alive until the backward. Here the forward and the backward run
@@ -279,18 +285,19 @@ class GatedAttentionProjection(torch.autograd.Function):
     temporary is made. The backward uses explicit derivatives only (no nested autograd call).
 
     Shapes: weights Batch x Chunks x n x n; v_pre Batch x Time x H; r_pre Time x Batch x H;
-    weight D x H; bias D or None. Returns h Batch x Time x D. The gradient of r_pre is a
-    contiguous Time x Batch x H tensor.
+    weight D x H; bias D or None; value_bias H or None. Returns h Batch x Time x D. The gradient of
+    r_pre is a contiguous Time x Batch x H tensor.
     """
 
     @staticmethod
-    def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    def forward(ctx, weights: Tensor, v_pre: Tensor, r_pre: Tensor, weight: Tensor, bias: Optional[Tensor],
+                value_bias: Optional[Tensor] = None):
         bsz, seq_len, hdim = v_pre.shape
         out = v_pre.new_empty(bsz, seq_len, weight.size(0))
         r_bt = r_pre.transpose(0, 1)
         blocks = _ChunkBlocks(weights, seq_len, hdim, count=2)
         for sequences, chunks, first, last in blocks:
-            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks))
+            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks), bias=value_bias)
             attended = _chunk_matmul(weights[sequences, chunks], values, blocks.buffer(1, sequences, chunks))
             # the attention output becomes the gated product in place (values' buffer: scratch)
             gated = mul_silu_(attended[:, : last - first], r_bt[sequences, first:last], values[:, : last - first])
@@ -298,16 +305,20 @@ class GatedAttentionProjection(torch.autograd.Function):
             torch.mm(gated.reshape(-1, hdim), weight.t(), out=rows)
             if bias is not None:
                 rows.add_(bias)  # while the rows are in cache (see gate_projection._project_in_blocks)
-        ctx.save_for_backward(weights, v_pre, r_pre, weight)
+        ctx.save_for_backward(weights, v_pre, r_pre, weight, value_bias)
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_h):
-        weights, v_pre, r_pre, weight = ctx.saved_tensors
+        weights, v_pre, r_pre, weight, value_bias = ctx.saved_tensors
         bsz, seq_len, hdim = v_pre.shape
-        need_weights, need_v, need_r, need_weight = ctx.needs_input_grad[:4]
+        need_weights, need_r, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        need_value_bias = value_bias is not None and ctx.needs_input_grad[5]
+        # v_pre's gradient is formed for the value bias's too
+        need_v = ctx.needs_input_grad[1] or need_value_bias
         grad_bias = grad_h.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        grad_value_bias = value_bias.new_zeros(value_bias.shape) if need_value_bias else None
         grad_weights = torch.empty_like(weights, memory_format=torch.contiguous_format) if need_weights else None
         # each read once by the projection before (v_proj / mx_proj), then dead: memory reused across steps
         grad_v_pre = BACKWARD_GRADIENTS.empty(v_pre.shape, v_pre) if need_v else None
@@ -322,7 +333,7 @@ class GatedAttentionProjection(torch.autograd.Function):
             block_weights = weights[sequences, chunks]
             grad_rows = grad_h[sequences, first:last].reshape(-1, grad_h.size(-1))
             slope = blocks.buffer(5, sequences, chunks) if need_v else None
-            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks), slope)
+            values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks), slope, value_bias)
             attended = _chunk_matmul(block_weights, values, blocks.buffer(1, sequences, chunks))[:, :count]
             # the gated product's gradient; rows past the end stay zero (they feed the chunk matmuls)
             grad_attended = blocks.buffer(2, sequences, chunks)
@@ -342,26 +353,44 @@ class GatedAttentionProjection(torch.autograd.Function):
                           values.reshape(frames.size(0), blocks.frame, hdim).transpose(1, 2), out=frames)
             if need_v:
                 grad_values = _chunk_matmul(block_weights, grad_attended, blocks.buffer(1, sequences, chunks), transpose=True)
-                torch.mul(grad_values[:, :count], slope[:, :count], out=grad_v_pre[sequences, first:last])
-        return grad_weights, grad_v_pre, grad_r_pre, grad_weight, grad_bias
+                grad_block = torch.mul(grad_values[:, :count], slope[:, :count], out=grad_v_pre[sequences, first:last])
+                if need_value_bias:  # a column sum as a matrix-vector product (see gate_projection)
+                    rows = grad_block.reshape(-1, hdim)
+                    grad_value_bias.addmv_(rows.t(), rows.new_ones(rows.size(0)))
+        if not ctx.needs_input_grad[1]:
+            grad_v_pre = None
+        return grad_weights, grad_v_pre, grad_r_pre, grad_weight, grad_bias, grad_value_bias
 
 
-def gated_attention_projection(weights: Tensor, v_pre: Tensor, r_pre: Tensor, activation, projection) -> Tensor:
-    """``projection((weights @ activation(v_pre)) * silu(r_pre))`` chunk by chunk, Batch x Time x D.
+def attention_projection_fuses(activation, projection, *tensors: Optional[Tensor]) -> bool:
+    """Whether :func:`gated_attention_projection` runs :class:`GatedAttentionProjection` for these
+    operands: the value activation is ``silu`` (Mega's default), ``projection`` a plain
+    ``nn.Linear`` without hooks, a gradient is needed (:func:`~.fusion_guard.fused_autograd_applies`,
+    with the projection's parameters) and torch.compile is not tracing (it fuses the plain ops itself)."""
+    if activation is not silu or not plain_module(projection, torch.nn.Linear) or compiling():
+        return False
+    return fused_autograd_applies(*tensors, projection.weight, projection.bias)
+
+
+def gated_attention_projection(weights: Tensor, v_pre: Tensor, r_pre: Tensor, activation, projection,
+                               value_bias: Optional[Tensor] = None) -> Tensor:
+    """``projection((weights @ activation(v_pre + value_bias)) * silu(r_pre))`` chunk by chunk, Batch x Time x D.
 
     Args:
         weights: Batch x Chunks x n x n attention weights (after attention dropout).
         v_pre: Batch x Time x H values before their activation (no dropout between the two).
         r_pre: Time x Batch x H reset gate before its silu.
         activation: the element-wise value activation.
-        projection: ``h_proj`` (H -> D). With ``silu`` (Mega's default), a plain ``nn.Linear``
-            without hooks and gradients needed, :class:`GatedAttentionProjection` runs; otherwise
-            (or under torch.compile, which fuses the plain ops itself) the same value comes from
-            plain ops.
+        projection: ``h_proj`` (H -> D).
+        value_bias: H, ``v_proj``'s bias when ``v_pre`` does not hold it yet, or None.
+
+    When :func:`attention_projection_fuses`, :class:`GatedAttentionProjection` runs; otherwise the
+    same value comes from plain ops.
     """
-    if activation is silu and plain_module(projection, torch.nn.Linear) and not compiling():
-        if fused_autograd_applies(weights, v_pre, r_pre, projection.weight, projection.bias):
-            return GatedAttentionProjection.apply(weights, v_pre, r_pre, projection.weight, projection.bias)
+    if attention_projection_fuses(activation, projection, weights, v_pre, r_pre, value_bias):
+        return GatedAttentionProjection.apply(weights, v_pre, r_pre, projection.weight, projection.bias, value_bias)
+    if value_bias is not None:
+        v_pre = v_pre + value_bias
     return projection(attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1))
 
 

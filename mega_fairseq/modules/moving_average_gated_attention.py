@@ -12,7 +12,7 @@ from torch import Tensor
 from .attention_weights import attention_weights, causal_attention_mask
 from .batch_first_linear import batch_first_linear
 from .exponential_moving_average import MultiHeadEMA
-from .fused_gates import attend_values, gated_attention_projection, split_gates
+from .fused_gates import attend_values, attention_projection_fuses, gated_attention_projection, split_gates
 from .fusion_guard import compiling, fused_autograd_applies, plain_module
 from .gate_projection import project_gates
 from .gated_attention_base import GatedAttentionBase
@@ -160,9 +160,12 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         if self.prenorm:
             x = self._pre_norm(x)
 
+        whole_sequence = saved_state is None and not before_attn_fn and not self.hidden_dropout.is_active()
         # v_proj reads the normed input as Batch x Time, so v comes out Batch x Time x H: the layout
-        # the chunked attention views (Batch x Chunks x ChunkLen x H) without copying it
-        v_pre = self._project_values(x)
+        # the chunked attention views (Batch x Chunks x ChunkLen x H) without copying it. When the
+        # fused attention projection will run, it adds v_proj's bias itself (value_bias)
+        fuse_values = whole_sequence and attention_projection_fuses(self.activation, self.h_proj, x, self.v_proj.weight)
+        v_pre, value_bias = self._project_values(x, defer_bias=fuse_values)
         # the EMA output before its silu, T x B x D; its projection T x B x (D + Z + H + D) gives
         # u, r_pre, hx (T x B x C) and q, k (B x T x Z)
         ema_pre = self.move(x, padding_mask, incremental_state, activate=False)
@@ -175,12 +178,12 @@ class MovingAverageGatedAttention(GatedAttentionBase):
             mx = self.dropout(F.silu(ema_pre).to(x.dtype))
             u, q, k, r_pre, hx = split_gates(self.mx_proj(mx), self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim)
 
-        if saved_state is None and not before_attn_fn and not self.hidden_dropout.is_active():
+        if whole_sequence:
             # whole sequence: h_proj((weights @ act(v_pre)) * silu(r_pre)) as one function that
             # keeps none of act(v), the attention output, r or the product for the backward; B x T x D
             weights = self._chunked_weights(q, k, padding_mask, attn_mask)
             dropped = self.attention_dropout(weights).to(v_pre.dtype)
-            h = gated_attention_projection(dropped, v_pre, r_pre, self.activation, self.h_proj)
+            h = gated_attention_projection(dropped, v_pre, r_pre, self.activation, self.h_proj, value_bias)
         else:
             v = self.hidden_dropout(self.activation(v_pre), batch_first=True)
             if saved_state is not None:
@@ -197,14 +200,18 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         out = self._gated_output(residual, h.transpose(0, 1), u, hx)
         return out, (weights if need_weights else None)
 
-    def _project_values(self, x: Tensor) -> Tensor:
-        """``v_proj`` of the normed input x (Time x Batch x D), Batch x Time x H. A plain ``nn.Linear``
-        without hooks reads x in place (:func:`~.batch_first_linear.batch_first_linear`: no copy made
-        or kept); otherwise the module is called on the transposed view."""
+    def _project_values(self, x: Tensor, defer_bias: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(v_pre, value_bias)``: ``v_proj`` of the normed input x (Time x Batch x D), Batch x Time x
+        H. A plain ``nn.Linear`` without hooks reads x in place
+        (:func:`~.batch_first_linear.batch_first_linear`: no copy made or kept); with ``defer_bias``
+        its bias is left out of v_pre and returned as ``value_bias`` for the caller to add (else
+        None). A module with hooks is called on the transposed view (its bias always applied)."""
         proj = self.v_proj
         if plain_module(proj, nn.Linear):
-            return batch_first_linear(x, proj.weight, proj.bias)
-        return proj(x.transpose(0, 1))
+            if defer_bias:
+                return batch_first_linear(x, proj.weight, None), proj.bias
+            return batch_first_linear(x, proj.weight, proj.bias), None
+        return proj(x.transpose(0, 1)), None
 
     def _fuse_gate_projection(self, ema_pre: Tensor) -> bool:
         """Whether :func:`~.gate_projection.project_gates` may replace dropout + ``mx_proj`` + split:

@@ -48,19 +48,33 @@ def applies(*tensors: Optional[Tensor]) -> bool:
     return True
 
 
-def silu_into(x: Tensor, out: Tensor) -> Tensor:
-    """``out = silu(x)``; returns out."""
-    if applies(x, out):
-        _kernel.silu(x, out)
+def _bias_applies(x: Tensor, bias: Optional[Tensor]) -> bool:
+    """The kernel takes ``bias`` (None, or a contiguous float32 CPU vector of x's last size)."""
+    if bias is None:
+        return True
+    return (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.dim() == 1
+            and bias.size(0) == x.size(-1) and bias.is_contiguous())
+
+
+def silu_into(x: Tensor, out: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``out = silu(x + bias)`` (``silu(x)`` when bias is None; bias: a vector over the last
+    dimension); returns out."""
+    if applies(x, out) and _bias_applies(x, bias):
+        _kernel.silu(x, out, bias)
         return out
+    if bias is not None:
+        return torch.ops.aten.silu_(torch.add(x, bias, out=out))
     return torch.ops.aten.silu.out(x, out=out)
 
 
-def silu_with_slope(x: Tensor, out: Tensor, slope: Tensor) -> Tensor:
-    """``out = silu(x)`` and ``slope = silu'(x)`` (for a backward that multiplies by it later); returns out."""
-    if applies(x, out, slope):
-        _kernel.silu_with_slope(x, out, slope)
+def silu_with_slope(x: Tensor, out: Tensor, slope: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``out = silu(v)`` and ``slope = silu'(v)`` with ``v = x + bias`` (``x`` when bias is None), for a
+    backward that multiplies by the slope later; returns out."""
+    if applies(x, out, slope) and _bias_applies(x, bias):
+        _kernel.silu_with_slope(x, out, slope, bias)
         return out
+    if bias is not None:
+        x = torch.add(x, bias, out=out)
     torch.ops.aten.silu_backward.grad_input(torch.ones((), dtype=x.dtype, device=x.device).expand_as(x), x,
                                             grad_input=slope)
     return torch.ops.aten.silu.out(x, out=out)

@@ -42,8 +42,11 @@ def plain_split(base, gamma, beta, embed_dim, zdim, hdim):
     return torch.sigmoid(u), q, k, r_pre, hx
 
 
-def plain_gated_projection(weights, v_pre, r_pre, activation, projection):
-    """``projection((weights @ activation(v_pre)) * silu(r_pre))`` with ordinary autograd ops (Batch x Time x D)."""
+def plain_gated_projection(weights, v_pre, r_pre, activation, projection, value_bias=None):
+    """``projection((weights @ activation(v_pre + value_bias)) * silu(r_pre))`` with ordinary autograd
+    ops (Batch x Time x D)."""
+    if value_bias is not None:
+        v_pre = v_pre + value_bias
     return projection(attend_values(weights, activation(v_pre), v_pre.size(1)) * F.silu(r_pre).transpose(0, 1))
 
 
@@ -218,6 +221,50 @@ def test_gated_attention_projection_gradcheck_and_values(seq_len, chunks, frame,
 
     extra = (projection.bias,) if bias else ()
     assert torch.autograd.gradcheck(run, (weights, v_pre, r, projection.weight) + extra)
+
+
+@pytest.mark.parametrize("needed", ["all", "value_bias", "v_pre", "v_pre+value_bias"])
+@pytest.mark.parametrize("block", [None, 4], ids=["block-default", "block4"])
+def test_gated_attention_projection_with_a_value_bias(needed, block, monkeypatch):
+    """``v_proj``'s bias added inside (``value_bias``): float64 gradcheck, the plain definition's values,
+    and only the gradients asked for (the bias's alone still forms v_pre's gradient internally)."""
+    use_cpu_block(monkeypatch, block)
+    weights, v_pre, r, projection = values_inputs(7, 2, 4, seed=4)
+    value_bias = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    fused = GatedAttentionProjection.apply(weights, v_pre, r, projection.weight, projection.bias, value_bias)
+    plain = plain_gated_projection(weights, v_pre, r, F.silu, projection, value_bias)
+    assert (fused - plain).abs().max().item() < 1e-14
+    inputs = (weights, v_pre, r, projection.weight, projection.bias, value_bias)
+    if needed == "all":
+        assert torch.autograd.gradcheck(lambda *t: GatedAttentionProjection.apply(*t), inputs)
+        return
+    asked = [value_bias] if needed == "value_bias" else [v_pre] if needed == "v_pre" else [v_pre, value_bias]
+    grad_out = torch.linspace(-1, 1, fused.numel(), dtype=fused.dtype).view_as(fused)
+    got = torch.autograd.grad(fused, asked, grad_out)
+    expected = torch.autograd.grad(plain, asked, grad_out)
+    for g, e in zip(got, expected):
+        assert (g - e).abs().max().item() < 1e-13
+
+
+def test_training_adds_the_value_bias_in_the_fused_projection_inference_in_v_proj(monkeypatch):
+    """v_proj runs without its bias where GatedAttentionProjection adds it (training, whole sequence);
+    elsewhere (no gradient, or another value activation) v_proj applies it as before."""
+    seen = []
+    batch_first_linear = mega_attention.batch_first_linear
+
+    def recorded(x, weight, bias):
+        seen.append(bias is not None)
+        return batch_first_linear(x, weight, bias)
+
+    monkeypatch.setattr(mega_attention, "batch_first_linear", recorded)
+    torch.manual_seed(0)
+    layer = MovingAverageGatedAttention(D, Z, H, 2, chunk_size=4, max_positions=16)
+    x = torch.randn(12, 2, D, requires_grad=True)
+    layer(x)[0].sum().backward()
+    with torch.no_grad():
+        layer(x)
+    assert seen == [False, True]
+    assert layer.v_proj.bias.grad is not None and layer.v_proj.bias.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("activation", [silu, laplace, torch.tanh], ids=["silu", "laplace", "tanh"])

@@ -103,10 +103,10 @@ def test_layer_steps_reuse_gradient_memory_and_leave_kept_gradients_alone(monkey
     kept = []
     project_values = layer._project_values
 
-    def keeping_projection(normed):
-        v_pre = project_values(normed)
+    def keeping_projection(normed, **kwargs):
+        v_pre, value_bias = project_values(normed, **kwargs)
         v_pre.register_hook(kept.append)
-        return v_pre
+        return v_pre, value_bias
 
     monkeypatch.setattr(layer, "_project_values", keeping_projection)
     step()

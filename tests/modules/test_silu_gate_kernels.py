@@ -75,6 +75,25 @@ def test_silu_and_slope(path, transposed):
     assert_float32_close(slope, silu_slope64(x))
 
 
+@pytest.mark.parametrize("transposed", [True, False])
+def test_silu_and_slope_with_a_bias(path, transposed):
+    """``silu(x + bias)`` and its slope, the bias a vector over the last dimension."""
+    x = operand(0, transposed=transposed)
+    bias = torch.linspace(-3, 3, x.size(-1))
+    shifted = x.double() + bias.double()
+    out, slope = outputs(2, x)
+    assert kernels.silu_into(x, out, bias) is out
+    assert_float32_close(out, F.silu(shifted))
+    out, slope = outputs(2, x)
+    assert kernels.silu_with_slope(x, out, slope, bias) is out
+    assert_float32_close(out, F.silu(shifted))
+    assert_float32_close(slope, silu_slope64(shifted))
+    # a bias the kernel does not take (not contiguous) runs the fallback, same values
+    out, slope = outputs(2, x)
+    kernels.silu_with_slope(x, out, slope, torch.linspace(-3, 3, 2 * x.size(-1))[::2])
+    assert_float32_close(out, F.silu(x.double() + torch.linspace(-3, 3, 2 * x.size(-1))[::2].double()))
+
+
 def test_mul_silu(path):
     a, r = operand(1), operand(2)
     expected = a.double() * silu64(r)
@@ -177,6 +196,8 @@ def test_kernel_refuses_operands_it_cannot_read():
         kernels._kernel.silu(x, torch.empty(2, 3, 8)[..., ::2])
     with pytest.raises(RuntimeError, match="float32"):
         kernels._kernel.silu(x.double(), x.double())
+    with pytest.raises(RuntimeError, match="the bias must be a contiguous float32 CPU vector of 4 elements"):
+        kernels._kernel.silu(x, torch.empty_like(x), torch.zeros(5))
 
 
 @needs_kernel
