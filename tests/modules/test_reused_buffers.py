@@ -31,6 +31,9 @@ def test_a_free_buffer_is_handed_out_again():
     del second
     assert pool.empty((2, 6), like).data_ptr() == address
     assert pool.empty((2, 2), like).data_ptr() != address
+    # clear() lets the memory go: the next request gets a new buffer
+    pool.clear()
+    assert pool._buffers == []
 
 
 @needs_use_count
