@@ -5,17 +5,18 @@ and ``r_pre``'s) to the projections before it, and each of them is dead as soon 
 consumer has read it. At H = 1024 and 8,192 tokens each is 32 MiB. glibc maps a buffer that
 large on its own (or grows and trims the top of its heap for it), so every step's buffer is fresh
 memory that the kernel hands over page by page, zero-filled: about 16,000 page faults a step and
-3 % of the layer's forward + backward (``d=512, h=1024``, 1 thread). :class:`ReusedBuffers` keeps a
+1 to 3 % of the layer's forward + backward (``d=512, h=1024``, 1 thread, measured interleaved). :class:`ReusedBuffers` keeps a
 few such buffers and hands one out again once nothing but the pool refers to its memory, so later
 steps (and the layers below, whose backward runs after) write into memory already mapped.
 
 A buffer is reused only when the pool is the only owner of its storage (the storage's reference
 count, compared with the count it had when the pool made it): a gradient that a hook or anything
 else still holds is never overwritten; the pool then makes another one. Where torch cannot report
-that count (``torch._C._storage_Use_Count`` missing), on devices other than the CPU and for small
-buffers, the pool allocates as ``torch.empty`` does and keeps nothing. The pool holds at most
-:data:`MAX_BUFFERS` buffers; they stay allocated between steps (like a caching allocator: about two
-buffers of the largest size the step asked for).
+that count (``torch._C._storage_Use_Count`` or ``Tensor.untyped_storage`` missing: torch before
+2.0), on devices other than the CPU and for small buffers, the pool allocates as ``torch.empty``
+does and keeps nothing. The pool holds at most :data:`MAX_BUFFERS` buffers; they stay allocated
+between steps (like a caching allocator: about two buffers of the largest size the step asked
+for); :meth:`ReusedBuffers.clear` lets them go.
 """
 
 import threading
@@ -30,7 +31,8 @@ MIN_POOLED_BYTES = 16 * 2 ** 20
 #: the most buffers the pool keeps (the layer's backward needs two at a time)
 MAX_BUFFERS = 4
 
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
+# the reference count of a storage (torch >= 2.0: also the ``untyped_storage`` it is read through)
+_use_count = getattr(torch._C, "_storage_Use_Count", None) if hasattr(torch.Tensor, "untyped_storage") else None
 
 
 def _storage_references(flat: Tensor) -> int:
