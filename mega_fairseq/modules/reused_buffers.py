@@ -5,9 +5,10 @@ and ``r_pre``'s) to the projections before it, and each of them is dead as soon 
 consumer has read it. At H = 1024 and 8,192 tokens each is 32 MiB. glibc maps a buffer that
 large on its own (or grows and trims the top of its heap for it), so every step's buffer is fresh
 memory that the kernel hands over page by page, zero-filled: about 16,000 page faults a step and
-1 to 3 % of the layer's forward + backward (``d=512, h=1024``, 1 thread, measured interleaved). :class:`ReusedBuffers` keeps a
-few such buffers and hands one out again once nothing but the pool refers to its memory, so later
-steps (and the layers below, whose backward runs after) write into memory already mapped.
+1 to 3 % of the layer's forward + backward (``d=512, h=1024``, 1 thread, measured interleaved).
+:class:`ReusedBuffers` keeps a few such buffers and hands one out again once nothing but the pool
+refers to its memory, so later steps (and the layers below, whose backward runs after) write into
+memory already mapped.
 
 A buffer is reused only when the pool is the only owner of its storage (the storage's reference
 count, compared with the count it had when the pool made it): a gradient that a hook or anything
