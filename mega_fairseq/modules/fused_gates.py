@@ -229,8 +229,9 @@ class _ChunkBlocks:
             per = min(chunks, num_chunks)
             self.ranges = [(slice(b, b + 1), slice(c, min(num_chunks, c + per)))
                            for b in range(bsz) for c in range(0, num_chunks, per)]
-        rows = max((s.stop - s.start) * (c.stop - c.start) for s, c in self.ranges) * frame
-        self.buffers = [weights.new_empty(rows * hdim) for _ in range(count)]
+        #: the most token rows a block holds
+        self.rows = max((s.stop - s.start) * (c.stop - c.start) for s, c in self.ranges) * frame
+        self.buffers = [weights.new_empty(self.rows * hdim) for _ in range(count)]
 
     def __iter__(self):
         """``(sequences, chunks, first, last)``: the slices of weights and the block's tokens first:last."""
@@ -328,6 +329,8 @@ class GatedAttentionProjection(torch.autograd.Function):
         # buffers: 0 values, 1 the attention output (then its gradient through the chunk matmul),
         # 2 the gated product's gradient, 3 scratch, 4 the gated product, 5 silu'(v_pre)
         blocks = _ChunkBlocks(weights, seq_len, hdim, count=6)
+        # the value bias's gradient, a column sum, as a matrix-vector product (see gate_projection)
+        ones = v_pre.new_ones(blocks.rows) if need_value_bias else None
         for sequences, chunks, first, last in blocks:
             count = last - first
             block_weights = weights[sequences, chunks]
@@ -354,9 +357,9 @@ class GatedAttentionProjection(torch.autograd.Function):
             if need_v:
                 grad_values = _chunk_matmul(block_weights, grad_attended, blocks.buffer(1, sequences, chunks), transpose=True)
                 grad_block = torch.mul(grad_values[:, :count], slope[:, :count], out=grad_v_pre[sequences, first:last])
-                if need_value_bias:  # a column sum as a matrix-vector product (see gate_projection)
+                if need_value_bias:
                     rows = grad_block.reshape(-1, hdim)
-                    grad_value_bias.addmv_(rows.t(), rows.new_ones(rows.size(0)))
+                    grad_value_bias.addmv_(rows.t(), ones[: rows.size(0)])
         if not ctx.needs_input_grad[1]:
             grad_v_pre = None
         return grad_weights, grad_v_pre, grad_r_pre, grad_weight, grad_bias, grad_value_bias

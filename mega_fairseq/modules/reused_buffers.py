@@ -20,6 +20,7 @@ between steps (like a caching allocator: about two buffers of the largest size t
 for); :meth:`ReusedBuffers.clear` lets them go.
 """
 
+import math
 import threading
 from typing import List, Optional, Sequence, Tuple
 
@@ -52,9 +53,7 @@ class ReusedBuffers:
 
     def empty(self, shape: Sequence[int], like: Tensor) -> Tensor:
         """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device."""
-        numel = 1
-        for size in shape:
-            numel *= size
+        numel = math.prod(shape)
         if not self._pools(numel, like):
             return like.new_empty(shape)
         with self._lock:
