@@ -142,7 +142,7 @@ MEGA_INLINE void gated_output_backward_row(int64_t n, const float* __restrict__ 
 
 // The kernels: rows begin..end of Rows x Cols rows (row k is (k / cols, k % cols)) of `width`
 // elements each; `o` holds the operands in the order of the row functions' pointers.
-MEGA_CLONES void silu_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end, float lo,
+MEGA_CLONES_AVX512 void silu_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end, float lo,
                            float hi) {
   for (int64_t k = begin; k < end; ++k) {
     prefetch_row(o, cols, width, k, end);
@@ -162,7 +162,7 @@ MEGA_CLONES void silu_rows(const Operands& o, int64_t cols, int64_t width, int64
   }
 }
 
-MEGA_CLONES void mul_silu_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end, float lo,
+MEGA_CLONES_AVX512 void mul_silu_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end, float lo,
                                float hi) {
   for (int64_t k = begin; k < end; ++k) {
     prefetch_row(o, cols, width, k, end);
@@ -171,7 +171,7 @@ MEGA_CLONES void mul_silu_rows(const Operands& o, int64_t cols, int64_t width, i
   }
 }
 
-MEGA_CLONES void reset_gate_backward_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin,
+MEGA_CLONES_AVX512 void reset_gate_backward_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin,
                                           int64_t end, float lo, float hi) {
   for (int64_t k = begin; k < end; ++k) {
     prefetch_row(o, cols, width, k, end);
@@ -191,7 +191,7 @@ MEGA_CLONES void reset_gate_backward_rows(const Operands& o, int64_t cols, int64
   }
 }
 
-MEGA_CLONES void gated_output_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end,
+MEGA_CLONES_AVX512 void gated_output_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end,
                                    float lo, float hi) {
   for (int64_t k = begin; k < end; ++k) {
     prefetch_row(o, cols, width, k, end);
@@ -200,7 +200,7 @@ MEGA_CLONES void gated_output_rows(const Operands& o, int64_t cols, int64_t widt
   }
 }
 
-MEGA_CLONES void gated_output_backward_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin,
+MEGA_CLONES_AVX512 void gated_output_backward_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin,
                                             int64_t end, float lo, float hi) {
   for (int64_t k = begin; k < end; ++k) {
     prefetch_row(o, cols, width, k, end);
