@@ -8,8 +8,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "cpu_dispatch.h"
@@ -140,6 +142,26 @@ MEGA_INLINE void gated_output_backward_row(int64_t n, const float* __restrict__ 
   }
 }
 
+// the backward of q = z gamma0 + beta0 and k = z gamma1 + beta1 with z = silu(z_pre), from gq = dL/dq
+// and gk = dL/dk: out = (gq gamma0 + gk gamma1) silu'(z_pre); with kSums also, per column, the sums
+// of gq z, gk z, gq and gk (in double) into sums[0 .. 4 n)
+template <bool kSums>
+MEGA_INLINE void query_key_backward_row(int64_t n, const float* __restrict__ gq, const float* __restrict__ gk,
+                                        const float* __restrict__ z_pre, const float* __restrict__ gamma0,
+                                        const float* __restrict__ gamma1, float* __restrict__ out,
+                                        double* __restrict__ sums, float lo, float hi) {
+  for (int64_t w = 0; w < n; ++w) {
+    const float x = z_pre[w], s = sigmoid(x, lo, hi), z = x * s;
+    out[w] = (gq[w] * gamma0[w] + gk[w] * gamma1[w]) * silu_slope(x, s);
+    if (kSums) {
+      sums[w] += static_cast<double>(gq[w] * z);
+      sums[n + w] += static_cast<double>(gk[w] * z);
+      sums[2 * n + w] += static_cast<double>(gq[w]);
+      sums[3 * n + w] += static_cast<double>(gk[w]);
+    }
+  }
+}
+
 // The kernels: rows begin..end of Rows x Cols rows (row k is (k / cols, k % cols)) of `width`
 // elements each; `o` holds the operands in the order of the row functions' pointers.
 MEGA_CLONES_AVX512 void silu_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end, float lo,
@@ -215,6 +237,22 @@ MEGA_CLONES_AVX512 void gated_output_backward_rows(const Operands& o, int64_t co
       gated_output_backward_row<false, true>(width, g, residual, pre, u, grad_pre, nullptr, grad_u, lo, hi);
     } else {
       gated_output_backward_row<false, false>(width, g, residual, pre, u, grad_pre, nullptr, nullptr, lo, hi);
+    }
+  }
+}
+
+// operands: gq, gk, z_pre, out, then gamma0 and gamma1 (one row each); sums: 4 x width doubles or null
+MEGA_CLONES_AVX512 void query_key_backward_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin,
+                                         int64_t end, double* sums, float lo, float hi) {
+  for (int64_t k = begin; k < end; ++k) {
+    prefetch_row(o, cols, width, k, end);
+    const int64_t i = k / cols, j = k % cols;
+    if (sums != nullptr) {
+      query_key_backward_row<true>(width, o[0].row(i, j), o[1].row(i, j), o[2].row(i, j), o[4].data, o[5].data,
+                                   o[3].row(i, j), sums, lo, hi);
+    } else {
+      query_key_backward_row<false>(width, o[0].row(i, j), o[1].row(i, j), o[2].row(i, j), o[4].data, o[5].data,
+                                    o[3].row(i, j), nullptr, lo, hi);
     }
   }
 }
@@ -308,6 +346,38 @@ void gated_output_backward(const at::Tensor& grad, const at::Tensor& residual, c
       gated_output_backward_rows);
 }
 
+// grad_q, grad_k, z_pre, grad_z_pre: one shape (Time x Batch x Z, any strides but the last);
+// gamma: 2 x Z; sums (or None): 4 x Z float64, added to (see query_key_backward_row)
+void query_key_backward(const at::Tensor& grad_q, const at::Tensor& grad_k, const at::Tensor& z_pre,
+                        const at::Tensor& gamma, const at::Tensor& grad_z_pre, c10::optional<at::Tensor> sums) {
+  Operands o = operands({grad_q, grad_k, z_pre, grad_z_pre}, 3, "query_key_backward");
+  const int64_t width = grad_q.size(2);
+  TORCH_CHECK(gamma.device().is_cpu() && gamma.scalar_type() == at::kFloat && gamma.dim() == 2 &&
+                  gamma.size(0) == 2 && gamma.size(1) == width && gamma.is_contiguous(),
+              "query_key_backward: gamma must be a contiguous float32 CPU tensor of shape (2, ", width, ")");
+  if (sums.has_value()) {
+    TORCH_CHECK(sums->device().is_cpu() && sums->scalar_type() == at::kDouble && sums->dim() == 2 &&
+                    sums->size(0) == 4 && sums->size(1) == width && sums->is_contiguous(),
+                "query_key_backward: sums must be a contiguous float64 CPU tensor of shape (4, ", width, ")");
+  }
+  o.push_back(Operand{gamma.data_ptr<float>(), 0, 0, false});
+  o.push_back(Operand{gamma.data_ptr<float>() + width, 0, 0, false});
+  const int64_t rows = grad_q.size(0) * grad_q.size(1), cols = grad_q.size(1);
+  if (rows == 0 || width == 0) return;
+  double* total = sums.has_value() ? sums->data_ptr<double>() : nullptr;
+  std::mutex merge;
+  const int64_t grain = std::max<int64_t>(1, 32768 / width);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<double> local(total != nullptr ? 4 * width : 0, 0.0);
+    query_key_backward_rows(o, cols, width, begin, end, total != nullptr ? local.data() : nullptr, kBounds.lo,
+                            kBounds.hi);
+    if (total != nullptr) {
+      std::lock_guard<std::mutex> lock(merge);
+      for (int64_t w = 0; w < 4 * width; ++w) total[w] += local[w];
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu", &silu, "out = silu(x (+ bias))", pybind11::arg("x"), pybind11::arg("out"),
         pybind11::arg("bias") = pybind11::none());
@@ -317,4 +387,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("reset_gate_backward", &reset_gate_backward, "the reset gate's backward (see silu_gate_kernels.py)");
   m.def("gated_output", &gated_output, "out = residual + u * (silu(pre) - residual)");
   m.def("gated_output_backward", &gated_output_backward, "its backward (see silu_gate_kernels.py)");
+  m.def("query_key_backward", &query_key_backward, "the backward of q and k from z = silu(z_pre)",
+        pybind11::arg("grad_q"), pybind11::arg("grad_k"), pybind11::arg("z_pre"), pybind11::arg("gamma"),
+        pybind11::arg("grad_z_pre"), pybind11::arg("sums") = pybind11::none());
 }

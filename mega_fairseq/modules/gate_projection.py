@@ -33,7 +33,7 @@ from .fused_gates import (
     write_gate_gradient,
 )
 from .recomputed_activations import recompute_on_backward
-from .silu_gate_kernels import silu_into, silu_with_slope
+from .silu_gate_kernels import query_key_backward, silu_into, silu_with_slope
 
 
 class GateProjection(torch.autograd.Function):
@@ -70,10 +70,8 @@ class GateProjection(torch.autograd.Function):
         seq_len, bsz, _ = ema_pre.shape
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         z_pre = zr[:, :zdim].view(seq_len, bsz, zdim)
-        z_slope = z_pre.new_empty(z_pre.shape)
-        grad_z_pre, grad_gamma, grad_beta = query_key_gradients(
-            grad_q, grad_k, z_pre, _shared_query_key(zr, seq_len, bsz, zdim, z_slope), gamma, ctx.needs_input_grad[3],
-            ctx.needs_input_grad[4], slope=z_slope)
+        grad_z_pre, grad_gamma, grad_beta = _query_key_backward(
+            grad_q, grad_k, z_pre, zr, gamma, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
         grads = (grad_u, u, grad_z_pre, grad_r_pre, grad_hx)
         grad_ema_pre = torch.empty_like(ema_pre, memory_format=torch.contiguous_format) if need_input else None
         grad_weight = weight.new_zeros(weight.shape) if need_weight else None
@@ -140,6 +138,26 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases, zdim: int) -> Tuple[Ten
         outputs[0][rows].sigmoid_()
         silu_into(zr[rows, :zdim].view(block.stop - block.start, bsz, zdim), z[block])
     return u, zr, hx, z
+
+
+def _query_key_backward(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, zr: Tensor, gamma: Tensor,
+                        need_gamma: bool, need_beta: bool):
+    """``(grad_z_pre, grad_gamma, grad_beta)`` of :func:`~.fused_gates.query_key_gradients` for the
+    Batch x Time x Z gradients of q and k, with ``z_pre`` (Time x Batch x Z) a view of the kept
+    ``[z | r_pre]`` buffer ``zr``. With both gradients given, one pass
+    (:func:`~.silu_gate_kernels.query_key_backward`) forms z and its slope on the fly and sums the
+    gamma and beta gradients; otherwise z and its slope are formed first."""
+    if grad_q is None or grad_k is None:
+        seq_len, bsz, zdim = z_pre.shape
+        z_slope = z_pre.new_empty(z_pre.shape)
+        return query_key_gradients(grad_q, grad_k, z_pre, _shared_query_key(zr, seq_len, bsz, zdim, z_slope), gamma,
+                                   need_gamma, need_beta, slope=z_slope)
+    grad_z_pre = torch.empty(z_pre.shape, dtype=z_pre.dtype, device=z_pre.device)
+    sums = query_key_backward(grad_q.transpose(0, 1), grad_k.transpose(0, 1), z_pre, gamma.contiguous(), grad_z_pre,
+                              need_gamma or need_beta)
+    grad_gamma = sums[:2].to(gamma.dtype) if need_gamma else None
+    grad_beta = sums[2:].to(gamma.dtype) if need_beta else None
+    return grad_z_pre, grad_gamma, grad_beta
 
 
 def _shared_query_key(zr: Tensor, seq_len: int, bsz: int, zdim: int, slope: Optional[Tensor] = None) -> Tensor:

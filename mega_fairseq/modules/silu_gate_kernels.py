@@ -133,3 +133,26 @@ def gated_output_backward(grad: Tensor, residual: Tensor, pre: Tensor, u: Tensor
     if grad_u is not None:
         torch.ops.aten.silu.out(pre, out=grad_u).sub_(residual).mul_(grad)
     torch.ops.aten.silu_backward.grad_input(through, pre, grad_input=grad_pre)
+
+
+def query_key_backward(grad_q: Tensor, grad_k: Tensor, z_pre: Tensor, gamma: Tensor, grad_z_pre: Tensor,
+                       with_sums: bool) -> Optional[Tensor]:
+    """The backward of ``q = z * gamma[0] + beta[0]`` and ``k = z * gamma[1] + beta[1]`` with ``z =
+    silu(z_pre)``, from ``grad_q = dL/dq`` and ``grad_k = dL/dk`` (all four operands one shape, e.g.
+    Time x Batch x Z views; gamma 2 x Z): writes ``grad_z_pre = (grad_q * gamma[0] + grad_k * gamma[1])
+    * silu'(z_pre)``. With ``with_sums`` also returns the 4 x Z float64 column sums (over the first two
+    dimensions) of ``grad_q * z``, ``grad_k * z``, ``grad_q`` and ``grad_k``: the gradients of gamma and
+    beta; else None. The kernel forms z and its slope on the fly (no z-sized temporary)."""
+    gamma_fits = (gamma.dtype == torch.float32 and gamma.device.type == "cpu" and gamma.shape == (2, z_pre.size(-1))
+                  and gamma.is_contiguous())
+    if applies(grad_q, grad_k, z_pre, grad_z_pre) and gamma_fits:
+        sums = z_pre.new_zeros(4, z_pre.size(-1), dtype=torch.float64) if with_sums else None
+        _kernel.query_key_backward(grad_q, grad_k, z_pre, gamma, grad_z_pre, sums)
+        return sums
+    sigmoid = torch.sigmoid(z_pre)
+    z = z_pre * sigmoid
+    torch.mul(grad_q, gamma[0], out=grad_z_pre).addcmul_(grad_k, gamma[1]).mul_(sigmoid * (1 + z_pre * (1 - sigmoid)))
+    if not with_sums:
+        return None
+    sums = [(grad_q * z).sum((0, 1)), (grad_k * z).sum((0, 1)), grad_q.sum((0, 1)), grad_k.sum((0, 1))]
+    return torch.stack(sums).double()

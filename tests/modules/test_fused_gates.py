@@ -84,7 +84,7 @@ def test_gate_split_values_and_layout():
 
 @pytest.mark.parametrize("used", ["all", "u_hx", "q_k", "r_pre"])
 def test_gate_split_gradcheck_float64(used):
-    picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "r_pre": (3,)}[used]
+    picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "k": (2,), "r_pre": (3,)}[used]
 
     def run(base, gamma, beta):
         outputs = GateSplit.apply(base, gamma, beta, D, Z, H)
@@ -124,10 +124,10 @@ def covering(options, blocks=CPU_BLOCKS, full_at=4):
 
 
 @pytest.mark.parametrize("used,with_bias,block", covering(
-    [("all", True), ("all", False), ("u_hx", True), ("q_k", True), ("r_pre", True), ("r_pre", False)]))
+    [("all", True), ("all", False), ("u_hx", True), ("q_k", True), ("k", True), ("r_pre", True), ("r_pre", False)]))
 def test_gate_projection_gradcheck_and_values(used, with_bias, block, monkeypatch):
     use_cpu_block(monkeypatch, block)
-    picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "r_pre": (3,)}[used]
+    picks = {"all": range(5), "u_hx": (0, 4), "q_k": (1, 2), "k": (2,), "r_pre": (3,)}[used]
     gen = torch.Generator().manual_seed(5)
     ema_pre = torch.randn(5, 3, D, generator=gen, dtype=torch.float64).requires_grad_(True)
     weight = torch.randn(2 * D + Z + H, D, generator=gen, dtype=torch.float64).requires_grad_(True)
@@ -367,12 +367,19 @@ def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
     assert [n for n in backward.sizes if n >= tokens * dim] == [tokens * dim] * 3  # grads of attended/hx, residual, u
 
 
-def test_the_backward_forms_z_once_for_remaking_both_q_and_k(monkeypatch):
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "fallback"])
+def test_the_backward_forms_z_once_for_remaking_both_q_and_k(monkeypatch, kernel):
     """In training q and k are not kept (recomputed_activations); the attention's backward reads
-    both, and ``z = silu(z_pre)`` they are made from is formed once for the two (the gate
-    projection's backward forms it once more, with its slope). The forward forms it block by block."""
-    from mega_fairseq.modules import gate_projection
+    both, and ``z = silu(z_pre)`` they are made from is formed once for the two. The gate
+    projection's backward does not remake z: :func:`~.silu_gate_kernels.query_key_backward` forms z
+    and its slope itself (the kernel on the fly, in its one pass over q's and k's gradients; the
+    fallback with torch ops). The forward forms z block by block."""
+    from mega_fairseq.modules import gate_projection, silu_gate_kernels
 
+    if kernel and not silu_gate_kernels.available():
+        pytest.skip("the gate kernel is not built")
+    if not kernel:
+        monkeypatch.setattr(silu_gate_kernels, "_kernel", None)
     calls = []
     shared_query_key = gate_projection._shared_query_key
 
@@ -387,7 +394,7 @@ def test_the_backward_forms_z_once_for_remaking_both_q_and_k(monkeypatch):
     out = layer(x)[0]
     assert calls == []
     out.square().sum().backward()
-    assert sorted(calls) == [False, True]
+    assert calls == [False]
 
 
 @pytest.mark.parametrize("with_hx", [True, False])

@@ -151,6 +151,24 @@ def test_gated_output_backward(path, with_residual, with_u):
         assert grad_u.isnan().all()
 
 
+@pytest.mark.parametrize("with_sums", [True, False])
+def test_query_key_backward(path, with_sums):
+    """grad_z_pre and the column sums (gamma's and beta's gradients) of q, k = silu(z_pre) * gamma + beta."""
+    grad_q, grad_k, z_pre = operand(13, scale=1.0), operand(14, scale=1.0), operand(15)
+    gamma = torch.randn(2, 37, generator=torch.Generator().manual_seed(16))
+    grad_z_pre = outputs(1, z_pre)[0]
+    sums = kernels.query_key_backward(grad_q, grad_k, z_pre, gamma, grad_z_pre, with_sums)
+    g_q, g_k, g64 = grad_q.double(), grad_k.double(), gamma.double()
+    assert_float32_close(grad_z_pre, (g_q * g64[0] + g_k * g64[1]) * silu_slope64(z_pre))
+    if not with_sums:
+        assert sums is None
+        return
+    z = silu64(z_pre)
+    expected = torch.stack([(g_q * z).sum((0, 1)), (g_k * z).sum((0, 1)), g_q.sum((0, 1)), g_k.sum((0, 1))])
+    assert sums.dtype == torch.float64 and sums.shape == (4, 37)
+    assert ((sums - expected).abs() / (expected.abs() + 1.0)).max().item() < 2e-6
+
+
 def test_nan_and_inf_come_out_as_in_torch(path):
     special = torch.tensor([float("nan"), float("inf"), 0.0, 1.0]).view(1, 1, 4)
     out, slope = outputs(2, special)
@@ -198,6 +216,10 @@ def test_kernel_refuses_operands_it_cannot_read():
         kernels._kernel.silu(x.double(), x.double())
     with pytest.raises(RuntimeError, match="the bias must be a contiguous float32 CPU vector of 4 elements"):
         kernels._kernel.silu(x, torch.empty_like(x), torch.zeros(5))
+    with pytest.raises(RuntimeError, match=r"gamma must be a contiguous float32 CPU tensor of shape \(2, 4\)"):
+        kernels._kernel.query_key_backward(x, x, x, torch.zeros(3, 4), torch.empty_like(x))
+    with pytest.raises(RuntimeError, match=r"sums must be a contiguous float64 CPU tensor of shape \(4, 4\)"):
+        kernels._kernel.query_key_backward(x, x, x, torch.zeros(2, 4), torch.empty_like(x), torch.zeros(4, 4))
 
 
 @needs_kernel
