@@ -340,13 +340,13 @@ def compare_with_baseline(rev, spec, threads, scope="modules"):
         config=dict(spec, baseline_rev=rev, baseline_scope=scope, threads=threads, torch=torch.__version__,
                     ema="blocked_scan" if ema_gemms else "recurrence (compiled)"),
         max_abs_output_diff=same_output,
-        train_fwd_bwd_ms={name: round(value * 1e3, 1) for name, value in train.items()},
+        train_fwd_bwd_ms={name: round(value * 1e3, 3) for name, value in train.items()},
         matmul_gflops=round(flops / train["matmuls"] / 1e9, 1),
         percent_of_matmul_peak={"before": round(100 * train["matmuls"] / train["before"], 1),
                                 "after": round(100 * train["matmuls"] / train["after"], 1)},
         # the layer's GEMMs (projections, chunked attention, and the EMA's blocked scan where it runs)
         # at the measured matmul speed
-        gemm_floor_ms=round((train["matmuls"] + train["other_gemms"]) * 1e3, 1),
+        gemm_floor_ms=round((train["matmuls"] + train["other_gemms"]) * 1e3, 3),
         gemm_floor_share_of_after=round((train["matmuls"] + train["other_gemms"]) / train["after"], 3),
         max_speedup_at_gemm_floor=round(train["before"] / (train["matmuls"] + train["other_gemms"]), 3),
         # the speed-up and the matmul share as medians of each round's own ratio (runs of one round
