@@ -18,7 +18,7 @@ forward forms ``mx`` block by block (never whole), the backward the gradient of 
 """
 
 import functools
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,6 @@ from torch import Tensor
 
 from .fused_gates import (
     GateTensors,
-    _batch_first_query_key,
-    batch_first_query_or_key,
     query_key_gradients,
     time_blocks,
     write_gate_gradient,
@@ -51,9 +49,8 @@ class GateProjection(torch.autograd.Function):
         sizes = [embed_dim, zdim + hdim, embed_dim]
         weights = weight.split(sizes)
         biases = bias.split(sizes) if bias is not None else (None, None, None)
-        # zr: (T B) x (Z + H), z then r_pre; z = silu(z_pre), T x B x Z
-        u, zr, hx, z = _project_in_blocks(ema_pre, weights, biases, zdim)
-        q, k = _batch_first_query_key(z, gamma, beta)
+        # zr: (T B) x (Z + H), z_pre then r_pre; q and k: B x T x Z
+        u, zr, hx, q, k = _project_in_blocks(ema_pre, weights, biases, gamma, beta, zdim)
         # q and k are not kept by the attention's score matmul: remade from the kept [z | r_pre]
         remade = _RemadeQueryKey(zr, gamma, beta, seq_len, bsz, zdim)
         for index, tensor in enumerate((q, k)):
@@ -112,18 +109,22 @@ class GateProjection(torch.autograd.Function):
         return grad_ema_pre, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None
 
 
-def _project_in_blocks(ema_pre: Tensor, weights, biases, zdim: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(u, [z | r_pre], hx, z)`` of :meth:`GateProjection.forward`, with ``mx = silu(ema_pre)`` formed
-    a run of time steps at a time in one reused buffer (see :func:`~.fused_gates.time_blocks`), never
-    whole; ``z = silu(z_pre)`` (Time x Batch x Z) is formed from each block's ``z_pre`` while it is in cache."""
+def _project_in_blocks(ema_pre: Tensor, weights, biases, gamma: Tensor, beta: Tensor,
+                       zdim: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(u, [z_pre | r_pre], hx, q, k)`` of :meth:`GateProjection.forward`, with ``mx = silu(ema_pre)``
+    formed a run of time steps at a time in one reused buffer (see :func:`~.fused_gates.time_blocks`),
+    never whole; q and k (Batch x Time x Z) are formed from each block's ``z_pre`` while it is in
+    cache (:func:`_query_key_block`)."""
     seq_len, bsz, embed_dim = ema_pre.shape
     u = ema_pre.new_empty(seq_len, bsz, embed_dim)
     zr = ema_pre.new_empty(seq_len * bsz, weights[1].size(0))
     hx = ema_pre.new_empty(seq_len, bsz, embed_dim)
-    z = ema_pre.new_empty(seq_len, bsz, zdim)
+    q, k = (ema_pre.new_empty(bsz, seq_len, zdim) for _ in range(2))
     outputs = (u.view(-1, embed_dim), zr, hx.view(-1, embed_dim))
     blocks = time_blocks(ema_pre)
-    mx_buffer = ema_pre.new_empty((blocks[0].stop - blocks[0].start) * bsz * embed_dim)
+    steps = blocks[0].stop - blocks[0].start
+    mx_buffer = ema_pre.new_empty(steps * bsz * embed_dim)
+    z_buffer = ema_pre.new_empty(steps * bsz * zdim)
     for block in blocks:
         rows = slice(block.start * bsz, block.stop * bsz)
         count = rows.stop - rows.start
@@ -136,8 +137,20 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases, zdim: int) -> Tuple[Ten
                 # memory not yet touched, then read it back)
                 piece[rows].add_(piece_bias)
         outputs[0][rows].sigmoid_()
-        silu_into(zr[rows, :zdim].view(block.stop - block.start, bsz, zdim), z[block])
-    return u, zr, hx, z
+        _query_key_block(zr, block, bsz, zdim, z_buffer, gamma, beta, q, k)
+    return u, zr, hx, q, k
+
+
+def _query_key_block(zr: Tensor, block: slice, bsz: int, zdim: int, z_buffer: Tensor, gamma: Tensor, beta: Tensor,
+                     q: Tensor, k: Tensor):
+    """Time steps ``block`` of q and k (Batch x Time x Z) from the ``[z_pre | r_pre]`` buffer ((T B) x (Z +
+    H)): ``z = silu(z_pre)`` of the block into ``z_buffer`` (at least a block's worth), then ``z * gamma[i]
+    + beta[i]``."""
+    steps = block.stop - block.start
+    z_pre = zr[block.start * bsz : block.stop * bsz, :zdim].view(steps, bsz, zdim)
+    z = silu_into(z_pre, z_buffer[: steps * bsz * zdim].view(steps, bsz, zdim)).transpose(0, 1)
+    torch.addcmul(beta[0], z, gamma[0], out=q[:, block])
+    torch.addcmul(beta[1], z, gamma[1], out=k[:, block])
 
 
 def _query_key_backward(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, zr: Tensor, gamma: Tensor,
@@ -169,20 +182,30 @@ def _shared_query_key(zr: Tensor, seq_len: int, bsz: int, zdim: int, slope: Opti
 
 
 class _RemadeQueryKey:
-    """Remakes q (``index`` 0) or k (1), Batch x Time x Z, from the kept ``[z | r_pre]`` buffer ((T B) x
-    (Z + H)) in the backward. The attention's backward reads both: ``z = silu(z_pre)`` is formed once,
-    for the first of them, and dropped after the second."""
+    """Remakes q (``index`` 0) or k (1), Batch x Time x Z, from the kept ``[z_pre | r_pre]`` buffer ((T B)
+    x (Z + H)) in the backward. The attention's backward reads both: the first request makes the two
+    in one pass over ``z_pre``, a run of time steps at a time (:func:`_query_key_block`, z never
+    whole), and the other one is handed out at its request."""
 
     def __init__(self, zr: Tensor, gamma: Tensor, beta: Tensor, seq_len: int, bsz: int, zdim: int):
         self.zr, self.gamma, self.beta, self.sizes = zr, gamma, beta, (seq_len, bsz, zdim)
-        self.z: Optional[Tensor] = None
+        self.made: Dict[int, Tensor] = {}
         self.remaining = {0, 1}
 
     def __call__(self, index: int) -> Tensor:
-        z = self.z if self.z is not None else _shared_query_key(self.zr, *self.sizes)
+        if not self.made:
+            seq_len, bsz, zdim = self.sizes
+            q, k = (self.zr.new_empty(bsz, seq_len, zdim) for _ in range(2))
+            blocks = time_blocks(self.zr.view(seq_len, bsz, -1))
+            z_buffer = self.zr.new_empty((blocks[0].stop - blocks[0].start) * bsz * zdim)
+            for block in blocks:
+                _query_key_block(self.zr, block, bsz, zdim, z_buffer, self.gamma, self.beta, q, k)
+            self.made = {0: q, 1: k}
         self.remaining.discard(index)
-        self.z = z if self.remaining else None
-        return batch_first_query_or_key(z, self.gamma, self.beta, index)
+        made = self.made[index] if self.remaining else self.made.pop(index)
+        if not self.remaining:
+            self.made = {}
+        return made
 
 
 def project_gates(ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,

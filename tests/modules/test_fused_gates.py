@@ -346,10 +346,10 @@ def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
     gamma, beta = torch.randn(2, zdim).requires_grad_(True), torch.randn(2, zdim).requires_grad_(True)
     with _NewTensorSizes() as forward:
         gates = project_gates(ema_pre, mx_proj.weight, mx_proj.bias, gamma, beta, dim, zdim, hdim)
-    # u, [z | r_pre], hx, q and k (no whole mx = silu(ema_pre))
+    # u, [z_pre | r_pre], hx, q and k (no whole mx = silu(ema_pre), no whole z = silu(z_pre))
     tokens = seq_len * bsz
     assert sorted(n for n in forward.sizes if n >= tokens) == sorted([tokens * dim, tokens * (zdim + hdim), tokens * dim]
-                                                                     + [tokens * zdim] * 3)
+                                                                     + [tokens * zdim] * 2)
     grads = [torch.randn(g.shape, generator=gen) for g in gates]
     with _NewTensorSizes() as backward:
         torch.autograd.backward(gates, grads)
@@ -368,33 +368,40 @@ def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "fallback"])
-def test_the_backward_forms_z_once_for_remaking_both_q_and_k(monkeypatch, kernel):
-    """In training q and k are not kept (recomputed_activations); the attention's backward reads
-    both, and ``z = silu(z_pre)`` they are made from is formed once for the two. The gate
-    projection's backward does not remake z: :func:`~.silu_gate_kernels.query_key_backward` forms z
-    and its slope itself (the kernel on the fly, in its one pass over q's and k's gradients; the
-    fallback with torch ops). The forward forms z block by block."""
+def test_q_and_k_are_made_block_by_block_and_remade_in_one_pass(monkeypatch, kernel):
+    """The forward makes q and k from each time block's ``z_pre`` while it is in cache; in training
+    they are not kept (recomputed_activations), and the attention's backward, which reads both, has
+    them remade together in one more pass over the blocks (``z = silu(z_pre)`` never whole). The
+    gate projection's backward then forms z and its slope itself
+    (:func:`~.silu_gate_kernels.query_key_backward`, kernel or fallback), without another pass."""
     from mega_fairseq.modules import gate_projection, silu_gate_kernels
 
     if kernel and not silu_gate_kernels.available():
         pytest.skip("the gate kernel is not built")
     if not kernel:
         monkeypatch.setattr(silu_gate_kernels, "_kernel", None)
-    calls = []
-    shared_query_key = gate_projection._shared_query_key
+    use_cpu_block(monkeypatch, 4)  # 2 time steps of 2 sequences a block: 6 blocks
+    blocks, whole = [], []
+    query_key_block, shared_query_key = gate_projection._query_key_block, gate_projection._shared_query_key
 
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("slope", args[4] if len(args) > 4 else None) is not None)
+    def counted_block(zr, block, *args):
+        blocks.append((block.start, block.stop))
+        return query_key_block(zr, block, *args)
+
+    def counted_whole(*args, **kwargs):
+        whole.append(args)
         return shared_query_key(*args, **kwargs)
 
-    monkeypatch.setattr(gate_projection, "_shared_query_key", counted)
+    monkeypatch.setattr(gate_projection, "_query_key_block", counted_block)
+    monkeypatch.setattr(gate_projection, "_shared_query_key", counted_whole)
     torch.manual_seed(0)
     layer = MovingAverageGatedAttention(D, Z, H, 2, chunk_size=4, max_positions=16)
     x = torch.randn(12, 2, D, requires_grad=True)
     out = layer(x)[0]
-    assert calls == []
+    steps = [(start, start + 2) for start in range(0, 12, 2)]
+    assert blocks == steps
     out.square().sum().backward()
-    assert calls == [False]
+    assert blocks == steps + steps and whole == []
 
 
 @pytest.mark.parametrize("with_hx", [True, False])
