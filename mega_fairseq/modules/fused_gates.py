@@ -411,17 +411,25 @@ class GatedOutput(torch.autograd.Function):
     for the backward (the feed-forward network's norm, a post-norm) gets it remade from
     ``residual``, ``pre`` and ``u``, which are kept here anyway.
 
+    With ``hx_is_scratch`` (hx a buffer of its own that nothing reads after this function, as the
+    gate projection's ``hx``), the sum ``pre`` is formed in hx's memory instead of a new buffer.
+
     Shapes: residual, u: Time x Batch x D; attended: Time x Batch x D with any strides (e.g. a
     transposed Batch x Time result); hx: Time x Batch x D or None. Returns Time x Batch x D.
     """
 
     @staticmethod
-    def forward(ctx, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]):
+    def forward(ctx, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor], hx_is_scratch: bool = False):
         ctx.has_hx = hx is not None
         # the strides empty_like would give (attended's own when dense), without allocating
         layout = torch.empty_like(attended, device="meta")
         ctx.attended_layout = (layout.shape, layout.stride())
-        pre = attended if hx is None else torch.empty_like(hx, memory_format=torch.contiguous_format)
+        if hx is None:
+            pre = attended
+        elif hx_is_scratch and hx.is_contiguous():
+            pre = hx  # hx + attended written over hx, block by block below
+        else:
+            pre = torch.empty_like(hx, memory_format=torch.contiguous_format)
         out = torch.empty_like(residual, memory_format=torch.contiguous_format)
         for block in time_blocks(residual):
             if hx is not None:
@@ -449,7 +457,7 @@ class GatedOutput(torch.autograd.Function):
                                   None if grad_residual is None else grad_residual[block],
                                   None if grad_u is None else grad_u[block],
                                   buffer[: step_grad.numel()].view(step_grad.shape))
-        return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None)
+        return grad_residual, grad_pre, grad_u, (grad_pre if ctx.has_hx else None), None
 
 
 def time_blocks(x: Tensor) -> List[slice]:
@@ -467,14 +475,15 @@ def _gated_output_value(residual: Tensor, pre: Tensor, u: Tensor, out: Optional[
     return gated_output_into(residual, pre, u, out)
 
 
-def gated_output(residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor]) -> Tensor:
+def gated_output(residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor], hx_is_scratch: bool = False) -> Tensor:
     """``residual + u * (silu(attended + hx) - residual)`` (``hx`` may be None), Time x Batch x D.
 
     Through :class:`GatedOutput` when a gradient is needed, else (or under torch.compile, which fuses
-    the plain ops itself) plain ops (same values).
+    the plain ops itself) plain ops (same values). ``hx_is_scratch``: hx is a buffer of its own that
+    nothing reads afterwards; :class:`GatedOutput` then overwrites it with ``attended + hx``.
     """
     tensors = (residual, attended, u, hx)
     if not compiling() and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return GatedOutput.apply(residual, attended, u, hx)
+        return GatedOutput.apply(residual, attended, u, hx, hx_is_scratch)
     pre = attended if hx is None else hx + attended
     return torch.lerp(residual, F.silu(pre), u)

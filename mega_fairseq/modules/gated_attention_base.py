@@ -90,16 +90,18 @@ class GatedAttentionBase(CachedAttentionState, nn.Module):
         bad = torch.isfinite(x).logical_not_().logical_and_(padding_mask.t().unsqueeze(-1))
         return x.masked_fill(bad, 0.0)
 
-    def _gated_output(self, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+    def _gated_output(self, residual: Tensor, attended: Tensor, u: Tensor, hx: Optional[Tensor] = None,
+                      hx_is_scratch: bool = False) -> Tensor:
         """``residual + u * (dropout(act(attended + hx)) - residual)``, then the norm if not prenorm.
 
         residual, u, hx: Time x Batch x embed_dim; attended: Time x Batch x embed_dim (any
-        strides, e.g. a transposed Batch x Time result). Returns Time x Batch x embed_dim in
-        residual's dtype.
+        strides, e.g. a transposed Batch x Time result). ``hx_is_scratch``: hx is a buffer of its
+        own that nothing reads afterwards (its memory may then hold ``attended + hx``). Returns Time
+        x Batch x embed_dim in residual's dtype.
         """
         if self.activation is silu and not self.dropout.is_active() and attended.dtype == residual.dtype == u.dtype:
             # one autograd function that keeps only the pre-activation (fused_gates.GatedOutput)
-            out = gated_output(residual, attended, u, hx)
+            out = gated_output(residual, attended, u, hx, hx_is_scratch)
         else:
             # hx first: the sum is laid out like hx (Time x Batch) whatever attended's strides are
             pre_activation = attended if hx is None else hx + attended

@@ -169,7 +169,9 @@ class MovingAverageGatedAttention(GatedAttentionBase):
         # the EMA output before its silu, T x B x D; its projection T x B x (D + Z + H + D) gives
         # u, r_pre, hx (T x B x C) and q, k (B x T x Z)
         ema_pre = self.move(x, padding_mask, incremental_state, activate=False)
-        if self._fuse_gate_projection(ema_pre):
+        # the fused projection's hx is a buffer of its own, read only by the output gate
+        hx_is_scratch = self._fuse_gate_projection(ema_pre)
+        if hx_is_scratch:
             # mx_proj(silu(.)) and the split in one function that keeps neither mx nor mx_proj's output
             u, q, k, r_pre, hx = project_gates(
                 ema_pre, self.mx_proj.weight, self.mx_proj.bias, self.gamma, self.beta, self.embed_dim, self.zdim, self.hdim
@@ -197,7 +199,7 @@ class MovingAverageGatedAttention(GatedAttentionBase):
             h = self.h_proj(h * F.silu(r_pre).transpose(0, 1))
 
         # B x T x D read as T x B x D
-        out = self._gated_output(residual, h.transpose(0, 1), u, hx)
+        out = self._gated_output(residual, h.transpose(0, 1), u, hx, hx_is_scratch)
         return out, (weights if need_weights else None)
 
     def _project_values(self, x: Tensor, defer_bias: bool = False) -> Tuple[Tensor, Optional[Tensor]]:

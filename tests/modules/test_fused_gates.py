@@ -55,8 +55,8 @@ def plain_project_gates(ema_pre, weight, bias, gamma, beta, embed_dim, zdim, hdi
     return plain_split(F.linear(F.silu(ema_pre), weight, bias), gamma, beta, embed_dim, zdim, hdim)
 
 
-def plain_gated_output(residual, attended, u, hx):
-    """``lerp(residual, silu(attended + hx), u)`` with ordinary autograd ops."""
+def plain_gated_output(residual, attended, u, hx, hx_is_scratch=False):
+    """``lerp(residual, silu(attended + hx), u)`` with ordinary autograd ops (hx left as it is)."""
     return torch.lerp(residual, F.silu(attended if hx is None else hx + attended), u)
 
 
@@ -365,6 +365,11 @@ def test_gate_functions_make_no_batch_time_hidden_temporaries(monkeypatch):
     with _NewTensorSizes() as backward:  # the gradients taken at the inputs: no accumulation into leaves
         torch.autograd.grad(out, inputs, grad_out)
     assert [n for n in backward.sizes if n >= tokens * dim] == [tokens * dim] * 3  # grads of attended/hx, residual, u
+    # the gate projection's hx is scratch: the sum is formed in its memory, the output is the one new tensor
+    scratch = hx.detach().clone().requires_grad_(True)
+    with _NewTensorSizes() as forward:
+        GatedOutput.apply(residual, attended.transpose(0, 1), u, scratch.clone(), True)
+    assert [n for n in forward.sizes if n >= tokens * dim] == [tokens * dim] * 2  # the clone, the output
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "fallback"])
@@ -431,6 +436,38 @@ def test_gated_output_gradcheck_values_and_gradient_layout(with_hx, transposed, 
     attended.register_hook(lambda grad: grad_holder.setdefault("grad", grad))
     gated_output(residual, attended, u, hx).sum().backward()
     assert grad_holder["grad"].stride() == attended.stride()
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_gated_output_forms_the_sum_in_a_scratch_hx(transposed, cpu_block):
+    """With ``hx_is_scratch`` (the gate projection's own hx) the kept sum ``attended + hx`` is written
+    over hx: hx then holds it, and values and gradients equal those of the call that leaves hx
+    alone (float64 gradcheck on a fresh copy of hx each call)."""
+    gen = torch.Generator().manual_seed(8)
+
+    def tensor(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    residual, hx = tensor(5, 3, 4), tensor(5, 3, 4)
+    u = torch.rand(5, 3, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    attended_source = tensor(3, 5, 4) if transposed else tensor(5, 3, 4)
+
+    def fused(res, att, gate, h, scratch):
+        att = att.transpose(0, 1) if transposed else att
+        return GatedOutput.apply(res, att, gate, h.clone(), scratch)
+
+    assert torch.autograd.gradcheck(lambda *t: fused(*t, True), (residual, attended_source, u, hx))
+    attended = attended_source.transpose(0, 1) if transposed else attended_source
+    copy = hx.detach().clone().requires_grad_(True)
+    kept = copy.clone()
+    out = GatedOutput.apply(residual, attended, u, kept, True)
+    assert (out - GatedOutput.apply(residual, attended, u, hx, False)).abs().max().item() == 0.0
+    assert (kept - (hx + attended)).abs().max().item() == 0.0
+    grads = torch.autograd.grad(out.sum(), (residual, attended_source, u, copy))
+    expected = torch.autograd.grad(plain_gated_output(residual, attended, u, hx).sum(),
+                                   (residual, attended_source, u, hx))
+    for got, want in zip(grads, expected):
+        assert (got - want).abs().max().item() < 1e-12
 
 
 def test_gate_functions_of_an_empty_sequence():
