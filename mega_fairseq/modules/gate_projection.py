@@ -9,7 +9,8 @@ Plain autograd (or :class:`~.fused_gates.GateSplit` after an ``nn.Linear``) keep
 silu's derivative), ``mx`` (for the weight gradient) and the whole ``base`` (``2 D + Z + H`` per
 token, alive as long as any of its slices is) until the backward. :class:`GateProjection` runs the
 projection as three GEMMs into separate buffers (``u``, ``[z | r_pre]``, ``hx``), so ``hx`` is
-freed as soon as the output gate has used it, and keeps only ``e``, ``u`` and ``[z | r_pre]``:
+the output gate's to reuse (it forms its kept sum ``attended + hx`` in hx's memory), and keeps
+only ``e``, ``u`` and ``[z | r_pre]``:
 ``mx`` and ``z`` are recomputed in the backward (one silu over ``D`` and ``Z`` values a token).
 That is ``2 D + Z`` fewer values per token kept for the backward (1,088 of 2,432 at d=512, z=128,
 h=1024), and one ``base``-sized buffer fewer in the forward. On the CPU both directions run a
