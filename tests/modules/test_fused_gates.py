@@ -495,3 +495,19 @@ def test_cpu_blocks_have_a_fixed_size_other_devices_run_one_block(monkeypatch):
     monkeypatch.setattr(fused_gates, "CPU_BLOCK_TOKENS", 64)
     assert block_tokens(cpu, 8192) == 64
     assert block_tokens(torch.device("meta"), 8192) == 8192
+
+
+def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
+    """The fused layer's backward only reads what it kept (the output gate's sum formed in the gate
+    projection's hx, the remade q and k, the reused gradient buffers): backward twice through a
+    retained graph, same gradients."""
+    torch.manual_seed(0)
+    layer = MovingAverageGatedAttention(D, Z, H, 2, chunk_size=4, max_positions=16)
+    x = torch.randn(12, 2, D, requires_grad=True)
+    out = layer(x)[0]
+    grad_out = torch.randn(out.shape)
+    leaves = [x] + list(layer.parameters())
+    first = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    second = torch.autograd.grad(out, leaves, grad_out)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
