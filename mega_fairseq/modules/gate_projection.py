@@ -27,7 +27,6 @@ from torch import Tensor
 
 from .fused_gates import (
     GateTensors,
-    query_key_gradients,
     time_blocks,
     write_gate_gradient,
 )
@@ -69,7 +68,7 @@ class GateProjection(torch.autograd.Function):
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         z_pre = zr[:, :zdim].view(seq_len, bsz, zdim)
         grad_z_pre, grad_gamma, grad_beta = _query_key_backward(
-            grad_q, grad_k, z_pre, zr, gamma, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+            grad_q, grad_k, z_pre, gamma, ctx.needs_input_grad[3], ctx.needs_input_grad[4])
         grads = (grad_u, u, grad_z_pre, grad_r_pre, grad_hx)
         grad_ema_pre = torch.empty_like(ema_pre, memory_format=torch.contiguous_format) if need_input else None
         grad_weight = weight.new_zeros(weight.shape) if need_weight else None
@@ -154,18 +153,16 @@ def _query_key_block(zr: Tensor, block: slice, bsz: int, zdim: int, z_buffer: Te
     torch.addcmul(beta[1], z, gamma[1], out=k[:, block])
 
 
-def _query_key_backward(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, zr: Tensor, gamma: Tensor,
+def _query_key_backward(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, gamma: Tensor,
                         need_gamma: bool, need_beta: bool):
     """``(grad_z_pre, grad_gamma, grad_beta)`` of :func:`~.fused_gates.query_key_gradients` for the
-    Batch x Time x Z gradients of q and k, with ``z_pre`` (Time x Batch x Z) a view of the kept
-    ``[z | r_pre]`` buffer ``zr``. With both gradients given, one pass
+    Batch x Time x Z gradients of q and k (None: zero), with ``z_pre`` Time x Batch x Z: one pass
     (:func:`~.silu_gate_kernels.query_key_backward`) forms z and its slope on the fly and sums the
-    gamma and beta gradients; otherwise z and its slope are formed first."""
+    gamma and beta gradients."""
+    seq_len, bsz, zdim = z_pre.shape
     if grad_q is None or grad_k is None:
-        seq_len, bsz, zdim = z_pre.shape
-        z_slope = z_pre.new_empty(z_pre.shape)
-        return query_key_gradients(grad_q, grad_k, z_pre, _shared_query_key(zr, seq_len, bsz, zdim, z_slope), gamma,
-                                   need_gamma, need_beta, slope=z_slope)
+        zero = z_pre.new_zeros(bsz, seq_len, zdim)
+        grad_q, grad_k = (zero if grad is None else grad for grad in (grad_q, grad_k))
     grad_z_pre = torch.empty(z_pre.shape, dtype=z_pre.dtype, device=z_pre.device)
     sums = query_key_backward(grad_q.transpose(0, 1), grad_k.transpose(0, 1), z_pre, gamma.contiguous(), grad_z_pre,
                               need_gamma or need_beta)
@@ -174,27 +171,18 @@ def _query_key_backward(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pr
     return grad_z_pre, grad_gamma, grad_beta
 
 
-def _shared_query_key(zr: Tensor, seq_len: int, bsz: int, zdim: int, slope: Optional[Tensor] = None) -> Tensor:
-    """``z = silu(z_pre)``, Time x Batch x Z (contiguous), from the ``[z | r_pre]`` buffer ((T B) x (Z + H));
-    with ``slope`` (T x B x Z), ``silu'(z_pre)`` goes into it."""
-    z_pre = zr[:, :zdim].view(seq_len, bsz, zdim)
-    z = zr.new_empty(seq_len, bsz, zdim)
-    return silu_into(z_pre, z) if slope is None else silu_with_slope(z_pre, z, slope)
-
-
 class _RemadeQueryKey:
     """Remakes q (``index`` 0) or k (1), Batch x Time x Z, from the kept ``[z_pre | r_pre]`` buffer ((T B)
-    x (Z + H)) in the backward. The attention's backward reads both: the first request makes the two
-    in one pass over ``z_pre``, a run of time steps at a time (:func:`_query_key_block`, z never
-    whole), and the other one is handed out at its request."""
+    x (Z + H)) in the backward. The attention's backward reads both: a request for one not made yet
+    makes the two in one pass over ``z_pre``, a run of time steps at a time (:func:`_query_key_block`,
+    z never whole), and the other one is handed out at its request."""
 
     def __init__(self, zr: Tensor, gamma: Tensor, beta: Tensor, seq_len: int, bsz: int, zdim: int):
         self.zr, self.gamma, self.beta, self.sizes = zr, gamma, beta, (seq_len, bsz, zdim)
         self.made: Dict[int, Tensor] = {}
-        self.remaining = {0, 1}
 
     def __call__(self, index: int) -> Tensor:
-        if not self.made:
+        if index not in self.made:
             seq_len, bsz, zdim = self.sizes
             q, k = (self.zr.new_empty(bsz, seq_len, zdim) for _ in range(2))
             blocks = time_blocks(self.zr.view(seq_len, bsz, -1))
@@ -202,11 +190,7 @@ class _RemadeQueryKey:
             for block in blocks:
                 _query_key_block(self.zr, block, bsz, zdim, z_buffer, self.gamma, self.beta, q, k)
             self.made = {0: q, 1: k}
-        self.remaining.discard(index)
-        made = self.made[index] if self.remaining else self.made.pop(index)
-        if not self.remaining:
-            self.made = {}
-        return made
+        return self.made.pop(index)
 
 
 def project_gates(ema_pre: Tensor, weight: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor,

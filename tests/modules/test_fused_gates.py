@@ -386,19 +386,20 @@ def test_q_and_k_are_made_block_by_block_and_remade_in_one_pass(monkeypatch, ker
     if not kernel:
         monkeypatch.setattr(silu_gate_kernels, "_kernel", None)
     use_cpu_block(monkeypatch, 4)  # 2 time steps of 2 sequences a block: 6 blocks
-    blocks, whole = [], []
-    query_key_block, shared_query_key = gate_projection._query_key_block, gate_projection._shared_query_key
+    blocks, z_steps = [], []
+    query_key_block, silu_into = gate_projection._query_key_block, gate_projection.silu_into
 
     def counted_block(zr, block, *args):
         blocks.append((block.start, block.stop))
         return query_key_block(zr, block, *args)
 
-    def counted_whole(*args, **kwargs):
-        whole.append(args)
-        return shared_query_key(*args, **kwargs)
+    def recorded_silu(x, out, *args):
+        if x.size(-1) == Z:  # z = silu(z_pre): how many time steps at once
+            z_steps.append(x.size(0))
+        return silu_into(x, out, *args)
 
     monkeypatch.setattr(gate_projection, "_query_key_block", counted_block)
-    monkeypatch.setattr(gate_projection, "_shared_query_key", counted_whole)
+    monkeypatch.setattr(gate_projection, "silu_into", recorded_silu)
     torch.manual_seed(0)
     layer = MovingAverageGatedAttention(D, Z, H, 2, chunk_size=4, max_positions=16)
     x = torch.randn(12, 2, D, requires_grad=True)
@@ -406,7 +407,7 @@ def test_q_and_k_are_made_block_by_block_and_remade_in_one_pass(monkeypatch, ker
     steps = [(start, start + 2) for start in range(0, 12, 2)]
     assert blocks == steps
     out.square().sum().backward()
-    assert blocks == steps + steps and whole == []
+    assert blocks == steps + steps and z_steps == [2] * 12
 
 
 @pytest.mark.parametrize("with_hx", [True, False])
