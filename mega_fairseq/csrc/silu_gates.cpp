@@ -290,14 +290,19 @@ const Bounds kBounds{-87.0f, 88.0f};
 // a kernel above: (operands, cols, width, first row, end row, lo, hi)
 using RowsKernel = void (*)(const Operands&, int64_t, int64_t, int64_t, int64_t, float, float);
 
-// runs `kernel` over every row of the operands (`first`'s shape), about 32k elements a task, as
-// torch's own element-wise ops
-void run(const at::Tensor& first, const Operands& o, RowsKernel kernel) {
-  const int64_t rows = first.size(0) * first.size(1), cols = first.size(1), width = first.size(2);
+// runs body(begin, end) over the rows of `first` (Rows x Cols x Width), about 32k elements a task,
+// as torch's own element-wise ops
+template <typename Body>
+void for_rows(const at::Tensor& first, const Body& body) {
+  const int64_t rows = first.size(0) * first.size(1), width = first.size(2);
   if (rows == 0 || width == 0) return;
-  const int64_t grain = std::max<int64_t>(1, 32768 / width);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    kernel(o, cols, width, begin, end, kBounds.lo, kBounds.hi);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / width), body);
+}
+
+// runs `kernel` over every row of the operands (`first`'s shape)
+void run(const at::Tensor& first, const Operands& o, RowsKernel kernel) {
+  for_rows(first, [&](int64_t begin, int64_t end) {
+    kernel(o, first.size(1), first.size(2), begin, end, kBounds.lo, kBounds.hi);
   });
 }
 
@@ -362,15 +367,12 @@ void query_key_backward(const at::Tensor& grad_q, const at::Tensor& grad_k, cons
   }
   o.push_back(Operand{gamma.data_ptr<float>(), 0, 0, false});
   o.push_back(Operand{gamma.data_ptr<float>() + width, 0, 0, false});
-  const int64_t rows = grad_q.size(0) * grad_q.size(1), cols = grad_q.size(1);
-  if (rows == 0 || width == 0) return;
   double* total = sums.has_value() ? sums->data_ptr<double>() : nullptr;
   std::mutex merge;
-  const int64_t grain = std::max<int64_t>(1, 32768 / width);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  for_rows(grad_q, [&](int64_t begin, int64_t end) {
     std::vector<double> local(total != nullptr ? 4 * width : 0, 0.0);
-    query_key_backward_rows(o, cols, width, begin, end, total != nullptr ? local.data() : nullptr, kBounds.lo,
-                            kBounds.hi);
+    query_key_backward_rows(o, grad_q.size(1), width, begin, end, total != nullptr ? local.data() : nullptr,
+                            kBounds.lo, kBounds.hi);
     if (total != nullptr) {
       std::lock_guard<std::mutex> lock(merge);
       for (int64_t w = 0; w < 4 * width; ++w) total[w] += local[w];
