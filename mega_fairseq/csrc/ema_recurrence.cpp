@@ -24,7 +24,8 @@ struct Shape {
   int64_t d0, d1;         // the channels [d0, d1) this call works on
 };
 
-// The loops run over blocks of channels, as many as one AVX register holds (8 floats, 4 doubles):
+// The loops run over blocks of channels, as many as one vector register holds (AVX2: 8 floats, 4
+// doubles; the backward on AVX-512 machines: 16 floats, 8 doubles):
 // for one block and a few EMA dimensions the states, the adjoints and the gradient sums stay in
 // registers through a segment of steps, and the segment's inputs and gradients are local arrays in
 // cache. (Running all N x D states one step at a time, they went through L2 at every step.) The
@@ -36,20 +37,30 @@ struct Shape {
 // different cache sets (with a 2 KiB pitch all 64 would share 2 of L1's 64 sets). Copying each row
 // into per-block runs of steps instead ([j * S + k]) wrote 64 scattered half lines a row: measured
 // (d=512, 8192 tokens, 1 thread) 1.4 ms more a forward and 1.7 ms more a backward.
-template <typename T>
+template <typename T, int Bytes>
 struct Lanes {
-  static constexpr int64_t V = 32 / sizeof(T);
-  typedef T Vec __attribute__((vector_size(32)));
+  static constexpr int64_t V = Bytes / sizeof(T);
+  typedef T Vec __attribute__((vector_size(Bytes)));
+  // blocks in a panel (a row run of 2 KiB) and in the pitch of the local arrays (2,112 bytes)
+  static constexpr int64_t kPanel = 2048 / Bytes;
+  static constexpr int64_t kPitch = 2112 / Bytes;
+  static constexpr int kBytes = Bytes;
 };
 
-constexpr int64_t kPanel = 64;
-constexpr int64_t kPitch = kPanel + 2;
+// vector sizes in bytes: AVX2 (the forward; the backward where AVX-512 is missing) and AVX-512
+constexpr int kNarrow = 32;
+constexpr int kWide = 64;
 
 // EMA dimensions run together in the inner loops: independent recurrences share a step's latency.
-// Four in the forward; two in the backward, whose five running values per dimension would not fit
-// the registers for four (measured: four were no faster there, and the forward gained 5-15 %).
+// Four in the forward; in the backward, two with AVX2, whose five running values per dimension
+// would not fit its 16 registers for four (measured: four were no faster there, and the forward
+// gained 5-15 %), and four with AVX-512's 32 registers. The backward's AVX-512 copy (16 floats a
+// block, four dimensions) took 16.8-17.4 ms against 22.7-23.5 ms for the AVX2 one (d=512, 8192
+// tokens, 1 thread, bit-identical results); the forward measured slower with AVX-512 (8.1-8.8
+// against 7.7-8.2 ms), so it stays AVX2.
 constexpr int kForwardDims = 4;
-constexpr int kDims = 2;
+constexpr int kNarrowDims = 2;
+constexpr int kWideDims = 4;
 
 // `size` zeroed blocks, aligned to the vector type (std::vector does not align them to it here)
 template <typename Vec>
@@ -74,10 +85,10 @@ class Blocks {
 
 // The channels [c0, c1) as blocks (the last one zero-padded): block j of a row goes to (or comes
 // from) dst[j * stride].
-template <typename T>
+template <typename T, int Bytes>
 struct Panel {
-  using Vec = typename Lanes<T>::Vec;
-  static constexpr int64_t V = Lanes<T>::V;
+  using Vec = typename Lanes<T, Bytes>::Vec;
+  static constexpr int64_t V = Lanes<T, Bytes>::V;
   int64_t c0, c1;
   MEGA_INLINE int64_t blocks() const { return (c1 - c0 + V - 1) / V; }
   MEGA_INLINE int64_t width(int64_t j) const { return std::min(V, c1 - c0 - j * V); }
@@ -113,12 +124,13 @@ struct Panel {
 };
 
 // The coefficients of one panel: q, p_beta and gamma as blocks [j * N + n], omega [j] (zero without it)
-template <typename T>
+template <typename T, int Bytes>
 struct PanelCoefficients {
-  using Vec = typename Lanes<T>::Vec;
+  using Vec = typename Lanes<T, Bytes>::Vec;
+  static constexpr int64_t kPanel = Lanes<T, Bytes>::kPanel;
   Blocks<Vec> q, pb, g, omega;
   explicit PanelCoefficients(int64_t N) : q(kPanel * N), pb(kPanel * N), g(kPanel * N), omega(kPanel) {}
-  MEGA_INLINE void load(const Panel<T>& panel, const T* q_rows, const T* pb_rows, const T* g_rows,
+  MEGA_INLINE void load(const Panel<T, Bytes>& panel, const T* q_rows, const T* pb_rows, const T* g_rows,
                         const T* omega_row, int64_t N, int64_t D) {
     panel.gather_rows(q_rows, &q[0], N, D);
     panel.gather_rows(pb_rows, &pb[0], N, D);
@@ -198,14 +210,16 @@ MEGA_INLINE void backward_dims(const Vec* start, const Vec* q, const Vec* pb, co
 template <typename T>
 MEGA_INLINE void forward_body(const T* x, T* y, const T* q, const T* pb, const T* g, const T* omega, T* ckpt,
                               bool reverse, bool accumulate, Shape s) {
-  using Vec = typename Lanes<T>::Vec;
-  const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * Lanes<T>::V;
+  using L = Lanes<T, kNarrow>;
+  using Vec = typename L::Vec;
+  constexpr int64_t kPanel = L::kPanel, kPitch = L::kPitch;
+  const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * L::V;
   // per block j of the panel: states [j * N + n]; a segment's inputs and outputs [k * kPitch + j]
-  PanelCoefficients<T> coef(N);
+  PanelCoefficients<T, kNarrow> coef(N);
   Blocks<Vec>& cq = coef.q, & cp = coef.pb, & cg = coef.g, & co = coef.omega;
   Blocks<Vec> h(kPanel * N), xs(kPitch * S), acc(kPitch * S);
   for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
-    const Panel<T> panel{c0, std::min(s.d1, c0 + P)};
+    const Panel<T, L::kBytes> panel{c0, std::min(s.d1, c0 + P)};
     const int64_t J = panel.blocks();
     coef.load(panel, q, pb, g, omega, N, D);
     for (int64_t b = 0; b < s.B; ++b) {
@@ -232,22 +246,24 @@ MEGA_INLINE void forward_body(const T* x, T* y, const T* q, const T* pb, const T
   }
 }
 
-template <typename T>
+template <typename T, int Bytes, int kDims>
 MEGA_INLINE void backward_body(const T* x, const T* gy, T* gx, const T* q, const T* pb, const T* g, const T* omega,
                                const T* ckpt, double* gq, double* gpb, double* gg, double* gomega, bool reverse,
                                bool accumulate, Shape s) {
-  using Vec = typename Lanes<T>::Vec;
-  const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * Lanes<T>::V;
+  using L = Lanes<T, Bytes>;
+  using Vec = typename L::Vec;
+  constexpr int64_t kPanel = L::kPanel, kPitch = L::kPitch;
+  const int64_t N = s.N, D = s.D, S = s.S, P = kPanel * L::V;
   const int64_t segments = (s.L + S - 1) / S;
   // per block j of the panel: a segment's first states, the adjoints carried to the previous
   // segment and the gradient sums over one sequence (in T, added to the double totals after it)
   // [j * N + n]; omega's sum [j]; a segment's inputs, output and input gradients [k * kPitch + j]
-  PanelCoefficients<T> coef(N);
+  PanelCoefficients<T, Bytes> coef(N);
   Blocks<Vec>& cq = coef.q, & cp = coef.pb, & cg = coef.g, & co = coef.omega;
   Blocks<Vec> start(kPanel * N), so(kPanel), lam(kPanel * N), sq(kPanel * N), spb(kPanel * N), sg(kPanel * N);
   Blocks<Vec> xs(kPitch * S), gs(kPitch * S), ga(kPitch * S), hs((S + 1) * kDims);
   for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
-    const Panel<T> panel{c0, std::min(s.d1, c0 + P)};
+    const Panel<T, L::kBytes> panel{c0, std::min(s.d1, c0 + P)};
     const int64_t J = panel.blocks();
     coef.load(panel, q, pb, g, omega, N, D);
     for (int64_t b = 0; b < s.B; ++b) {
@@ -279,7 +295,7 @@ MEGA_INLINE void backward_body(const T* x, const T* gy, T* gx, const T* q, const
         for (int64_t k = 0; k < steps; ++k) panel.scatter(&ga[k * kPitch], 1, gx + row_at(i0 + k, b, s, reverse), accumulate);
       }
       for (int64_t j = 0; j < J; ++j) {
-        const int64_t d = c0 + j * Lanes<T>::V;
+        const int64_t d = c0 + j * L::V;
         for (int64_t v = 0; v < panel.width(j); ++v) {
           for (int64_t n = 0; n < N; ++n) {
             gq[n * D + d + v] += sq[j * N + n][v];
@@ -304,12 +320,41 @@ MEGA_CLONES void forward_double(const double* x, double* y, const double* q, con
 MEGA_CLONES void backward_float(const float* x, const float* gy, float* gx, const float* q, const float* pb,
                                 const float* g, const float* omega, const float* ckpt, double* gq, double* gpb,
                                 double* gg, double* gomega, bool reverse, bool accumulate, Shape s) {
-  backward_body<float>(x, gy, gx, q, pb, g, omega, ckpt, gq, gpb, gg, gomega, reverse, accumulate, s);
+  backward_body<float, kNarrow, kNarrowDims>(x, gy, gx, q, pb, g, omega, ckpt, gq, gpb, gg, gomega, reverse,
+                                             accumulate, s);
 }
 MEGA_CLONES void backward_double(const double* x, const double* gy, double* gx, const double* q, const double* pb,
                                  const double* g, const double* omega, const double* ckpt, double* gq, double* gpb,
                                  double* gg, double* gomega, bool reverse, bool accumulate, Shape s) {
-  backward_body<double>(x, gy, gx, q, pb, g, omega, ckpt, gq, gpb, gg, gomega, reverse, accumulate, s);
+  backward_body<double, kNarrow, kNarrowDims>(x, gy, gx, q, pb, g, omega, ckpt, gq, gpb, gg, gomega, reverse,
+                                              accumulate, s);
+}
+#ifdef MEGA_WIDE
+MEGA_WIDE void backward_float_wide(const float* x, const float* gy, float* gx, const float* q, const float* pb,
+                                   const float* g, const float* omega, const float* ckpt, double* gq, double* gpb,
+                                   double* gg, double* gomega, bool reverse, bool accumulate, Shape s) {
+  backward_body<float, kWide, kWideDims>(x, gy, gx, q, pb, g, omega, ckpt, gq, gpb, gg, gomega, reverse, accumulate,
+                                         s);
+}
+MEGA_WIDE void backward_double_wide(const double* x, const double* gy, double* gx, const double* q, const double* pb,
+                                    const double* g, const double* omega, const double* ckpt, double* gq, double* gpb,
+                                    double* gg, double* gomega, bool reverse, bool accumulate, Shape s) {
+  backward_body<double, kWide, kWideDims>(x, gy, gx, q, pb, g, omega, ckpt, gq, gpb, gg, gomega, reverse,
+                                          accumulate, s);
+}
+#endif
+
+// whether the backward takes its AVX-512 copy: the machine has it (x86-64-v4) and it is not switched
+// off (set_wide_vectors, for the tests of the other copy)
+bool wide_enabled = true;
+
+bool wide_backward() {
+#ifdef MEGA_WIDE
+  static const bool supported = MEGA_HAS_WIDE();
+  return supported && wide_enabled;
+#else
+  return false;
+#endif
 }
 
 void forward_dispatch(const at::Tensor& x, at::Tensor& y, const at::Tensor& q, const at::Tensor& pb,
@@ -348,7 +393,7 @@ void check_dense(const c10::optional<at::Tensor>& t, at::IntArrayRef shape, cons
 // channels per task: whole blocks of V
 int64_t grain(int64_t D) {
   const int64_t share = (D + at::get_num_threads() - 1) / at::get_num_threads();
-  constexpr int64_t V = Lanes<float>::V;  // a float block, two double blocks: whole blocks either way
+  constexpr int64_t V = Lanes<float, kWide>::V;  // whole blocks of either size, float or double
   return std::max<int64_t>(V, (share + V - 1) / V * V);
 }
 
@@ -392,18 +437,26 @@ std::vector<at::Tensor> ema_backward(const at::Tensor& x, const at::Tensor& grad
   at::Tensor gq = at::zeros({N, D}, options), gpb = at::zeros({N, D}, options), gg = at::zeros({N, D}, options);
   at::Tensor gomega = at::zeros({D}, options);
   const at::Tensor* om = omega.has_value() ? &*omega : nullptr;
+  const bool wide = wide_backward();
   at::parallel_for(0, D, grain(D), [&](int64_t d0, int64_t d1) {
     Shape s{L, B, D, N, segment, d0, d1};
     if (x.scalar_type() == at::kFloat) {
-      backward_float(x.data_ptr<float>(), grad.data_ptr<float>(), gx.data_ptr<float>(), q.data_ptr<float>(),
-                     pb.data_ptr<float>(), g.data_ptr<float>(), om ? om->data_ptr<float>() : nullptr,
-                     ckpt.data_ptr<float>(), gq.data_ptr<double>(), gpb.data_ptr<double>(), gg.data_ptr<double>(),
-                     gomega.data_ptr<double>(), reverse, accumulate, s);
+      auto body = backward_float;
+#ifdef MEGA_WIDE
+      if (wide) body = backward_float_wide;
+#endif
+      body(x.data_ptr<float>(), grad.data_ptr<float>(), gx.data_ptr<float>(), q.data_ptr<float>(), pb.data_ptr<float>(),
+           g.data_ptr<float>(), om ? om->data_ptr<float>() : nullptr, ckpt.data_ptr<float>(), gq.data_ptr<double>(),
+           gpb.data_ptr<double>(), gg.data_ptr<double>(), gomega.data_ptr<double>(), reverse, accumulate, s);
     } else {
-      backward_double(x.data_ptr<double>(), grad.data_ptr<double>(), gx.data_ptr<double>(), q.data_ptr<double>(),
-                      pb.data_ptr<double>(), g.data_ptr<double>(), om ? om->data_ptr<double>() : nullptr,
-                      ckpt.data_ptr<double>(), gq.data_ptr<double>(), gpb.data_ptr<double>(), gg.data_ptr<double>(),
-                      gomega.data_ptr<double>(), reverse, accumulate, s);
+      auto body = backward_double;
+#ifdef MEGA_WIDE
+      if (wide) body = backward_double_wide;
+#endif
+      body(x.data_ptr<double>(), grad.data_ptr<double>(), gx.data_ptr<double>(), q.data_ptr<double>(),
+           pb.data_ptr<double>(), g.data_ptr<double>(), om ? om->data_ptr<double>() : nullptr, ckpt.data_ptr<double>(),
+           gq.data_ptr<double>(), gpb.data_ptr<double>(), gg.data_ptr<double>(), gomega.data_ptr<double>(), reverse,
+           accumulate, s);
     }
   });
   return {gx, gq, gpb, gg, gomega};
@@ -412,4 +465,12 @@ std::vector<at::Tensor> ema_backward(const at::Tensor& x, const at::Tensor& grad
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &ema_forward, "EMA recurrence, one direction (see ema_recurrence.py)");
   m.def("backward", &ema_backward, "its backward");
+  m.def(
+      "set_wide_vectors",
+      [](bool enabled) {
+        wide_enabled = enabled;
+        return wide_backward();
+      },
+      "let the backward take its AVX-512 copy where the machine has one (the default) or not; returns "
+      "whether it will");
 }

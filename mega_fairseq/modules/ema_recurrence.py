@@ -9,7 +9,9 @@ and the anti-causal one the same with time running backward. On the CPU the comp
 directly in the layers' Time x Batch x D layout, a segment of steps at a time: the segment's rows
 are copied into small local arrays of one-register blocks of channels, and for each block the
 states of a few EMA dimensions at once (four forward, two backward) stay in registers through the
-segment (a copy for AVX2 + FMA machines, picked when the library loads, and one for any x86-64).
+segment (a copy for AVX2 + FMA machines, picked when the library loads, and one for any x86-64; on
+AVX-512 machines the backward runs a copy of its own with twice the block width and four dimensions
+at once, 26 % faster, and ``_kernel.set_wide_vectors(False)`` switches it off, for the tests).
 There is no layout change, no block matrix and no FFT, so it is also the most exact path (the
 reference itself). Its backward runs the adjoint recurrence
 ``lam[t] = gamma * gy[t] + q * lam[t + 1]`` back over the sequence and sums the coefficients'

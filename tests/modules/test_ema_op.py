@@ -62,6 +62,23 @@ def values_and_gradients(outputs, leaves, seed):
     return [out.detach() for out in outputs] + [g if g is not None else torch.zeros_like(l) for g, l in zip(grads, leaves)]
 
 
+@pytest.fixture(params=["wide", "narrow"])
+def backward_copy(request):
+    """Each copy of the compiled kernel's backward in turn: the AVX-512 one (blocks of 16 floats, 8
+    doubles, four EMA dimensions at once; skipped where the machine lacks AVX-512) and the other one
+    (AVX2 or generic: blocks of 8 floats, 4 doubles, two dimensions)."""
+    kernel = ema_recurrence._kernel
+    if kernel is None:
+        pytest.skip("the compiled kernel is not installed")
+    wide = kernel.set_wide_vectors(request.param == "wide")
+    try:
+        if request.param == "wide" and not wide:
+            pytest.skip("this machine has no AVX-512")
+        yield request.param
+    finally:
+        kernel.set_wide_vectors(True)
+
+
 def assert_close(fast, reference, what):
     names = ["output", "last state", "grad x", "grad q", "grad p_beta", "grad gamma", "grad initial state"]
     for index, (a, b) in enumerate(zip(fast, reference)):
@@ -150,7 +167,7 @@ def test_auto_without_the_compiled_kernel_equals_reference(monkeypatch, bidirect
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_recurrence_passes_gradcheck(bidirectional):
+def test_recurrence_passes_gradcheck(bidirectional, backward_copy):
     """Its explicit backward (adjoint recurrence over segments of remade states) against finite
     differences, with lengths that end inside a segment and span several."""
     q, p_beta, gamma = random_coefficients(6 if bidirectional else 3, 2, 12)
@@ -194,7 +211,7 @@ def test_compiled_kernel_is_installed():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_recurrence_in_float32_agrees_with_float64_reference(bidirectional):
+def test_recurrence_in_float32_agrees_with_float64_reference(bidirectional, backward_copy):
     """Layer sizes in float32: within float32 rounding of float64, values and gradients. The float64
     side is the FFT path, another algorithm, which the tests above hold to the reference at 1e-9 at
     these lengths (the reference's Python loop over 2048 steps took seconds)."""
@@ -216,11 +233,12 @@ def test_recurrence_in_float32_agrees_with_float64_reference(bidirectional):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_recurrence_over_several_channel_panels_with_a_partial_block(bidirectional):
+def test_recurrence_over_several_channel_panels_with_a_partial_block(bidirectional, backward_copy):
     """The kernel takes the channels a panel at a time (256 float64 channels) in blocks of one
-    register (4 float64 channels), and the EMA dimensions four at a time forward and two backward:
-    530 channels end in a partial panel and a partial block, and 3 dimensions all go to the
-    forward's remainder loop and leave one over in the backward. Values and gradients are the reference."""
+    register (4 float64 channels; 8 in the backward's AVX-512 copy), and the EMA dimensions four at a
+    time forward and two (AVX-512: four) backward: 530 channels end in a partial panel and a partial
+    block, and 3 dimensions all go to the forward's remainder loop and leave one over in the narrow
+    backward (all three in the wide one). Values and gradients are the reference."""
     dim, ndim = 530, 3
     q, p_beta, gamma = random_coefficients(2 * dim if bidirectional else dim, ndim, 19)
     x = random_input(70, 2, dim, 20)
@@ -229,6 +247,27 @@ def test_recurrence_over_several_channel_panels_with_a_partial_block(bidirection
     out = multi_head_ema(x, q, p_beta, gamma, bidirectional=bidirectional, algorithm="recurrence", omega=omega)
     reference = ema_reference(x, q, p_beta, gamma, bidirectional=bidirectional) + omega * x
     assert_close(values_and_gradients([out], leaves, 22), values_and_gradients([reference], leaves, 22), "panels")
+
+
+def test_backward_copies_agree_in_float32():
+    """Both copies of the backward at layer-like sizes in float32 (1,000 channels, 16 dimensions):
+    the same arithmetic per channel in another vector width, so the same gradients to float32 rounding."""
+    kernel = ema_recurrence._kernel
+    if kernel is None or not kernel.set_wide_vectors(True):
+        pytest.skip("needs the compiled kernel with its AVX-512 copy")
+    q, p_beta, gamma = (t.detach().float().requires_grad_(True) for t in random_coefficients(1000, 16, 31))
+    x = random_input(150, 2, 1000, 32).detach().float().requires_grad_(True)
+    leaves = [x, q, p_beta, gamma]
+    results = []
+    try:
+        for wide in (True, False):
+            kernel.set_wide_vectors(wide)
+            out = multi_head_ema(x, q, p_beta, gamma, algorithm="recurrence")
+            results.append(values_and_gradients([out], leaves, 33))
+    finally:
+        kernel.set_wide_vectors(True)
+    for index, (a, b) in enumerate(zip(*results)):
+        assert max_diff(a, b) <= 1e-6 * max(b.abs().max().item(), 1.0), index
 
 
 def test_recurrence_is_the_same_on_more_threads():
