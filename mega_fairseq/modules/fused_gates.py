@@ -318,7 +318,8 @@ class GatedAttentionProjection(torch.autograd.Function):
         need_value_bias = value_bias is not None and ctx.needs_input_grad[5]
         # v_pre's gradient is formed for the value bias's too
         need_v = ctx.needs_input_grad[1] or need_value_bias
-        grad_bias = grad_h.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        # h_proj's bias gradient, summed block by block below while grad_h's rows are in cache
+        grad_bias = grad_h.new_zeros(grad_h.size(-1)) if ctx.has_bias and ctx.needs_input_grad[4] else None
         grad_value_bias = value_bias.new_zeros(value_bias.shape) if need_value_bias else None
         grad_weights = torch.empty_like(weights, memory_format=torch.contiguous_format) if need_weights else None
         # each read once by the projection before (v_proj / mx_proj), then dead: memory reused across steps
@@ -329,12 +330,14 @@ class GatedAttentionProjection(torch.autograd.Function):
         # buffers: 0 values, 1 the attention output (then its gradient through the chunk matmul),
         # 2 the gated product's gradient, 3 scratch, 4 the gated product, 5 silu'(v_pre)
         blocks = _ChunkBlocks(weights, seq_len, hdim, count=6)
-        # the value bias's gradient, a column sum, as a matrix-vector product (see gate_projection)
-        ones = v_pre.new_ones(blocks.rows) if need_value_bias else None
+        # the bias gradients, column sums, as matrix-vector products (see gate_projection)
+        ones = v_pre.new_ones(blocks.rows) if need_value_bias or grad_bias is not None else None
         for sequences, chunks, first, last in blocks:
             count = last - first
             block_weights = weights[sequences, chunks]
             grad_rows = grad_h[sequences, first:last].reshape(-1, grad_h.size(-1))
+            if grad_bias is not None:
+                grad_bias.addmv_(grad_rows.t(), ones[: grad_rows.size(0)])
             slope = blocks.buffer(5, sequences, chunks) if need_v else None
             values = _silu_padded(v_pre[sequences, first:last], blocks.buffer(0, sequences, chunks), slope, value_bias)
             attended = _chunk_matmul(block_weights, values, blocks.buffer(1, sequences, chunks))[:, :count]
