@@ -142,6 +142,18 @@ MEGA_INLINE void gated_output_backward_row(int64_t n, const float* __restrict__ 
   }
 }
 
+// q = z gamma0 + beta0 and k = z gamma1 + beta1 with z = silu(z_pre)
+MEGA_INLINE void query_key_row(int64_t n, const float* __restrict__ z_pre, float* __restrict__ q,
+                               float* __restrict__ k, const float* __restrict__ gamma0,
+                               const float* __restrict__ gamma1, const float* __restrict__ beta0,
+                               const float* __restrict__ beta1, float lo, float hi) {
+  for (int64_t w = 0; w < n; ++w) {
+    const float z = z_pre[w] * sigmoid(z_pre[w], lo, hi);
+    q[w] = z * gamma0[w] + beta0[w];
+    k[w] = z * gamma1[w] + beta1[w];
+  }
+}
+
 // the backward of q = z gamma0 + beta0 and k = z gamma1 + beta1 with z = silu(z_pre), from gq = dL/dq
 // and gk = dL/dk: out = (gq gamma0 + gk gamma1) silu'(z_pre); with kSums also, per column, the sums
 // of gq z, gk z, gq and gk (in double) into sums[0 .. 4 n)
@@ -238,6 +250,17 @@ MEGA_CLONES_AVX512 void gated_output_backward_rows(const Operands& o, int64_t co
     } else {
       gated_output_backward_row<false, false>(width, g, residual, pre, u, grad_pre, nullptr, nullptr, lo, hi);
     }
+  }
+}
+
+// operands: z_pre, q, k, then gamma0, gamma1, beta0 and beta1 (one row each)
+MEGA_CLONES_AVX512 void query_key_rows(const Operands& o, int64_t cols, int64_t width, int64_t begin, int64_t end,
+                                       float lo, float hi) {
+  for (int64_t k = begin; k < end; ++k) {
+    prefetch_row(o, cols, width, k, end);
+    const int64_t i = k / cols, j = k % cols;
+    query_key_row(width, o[0].row(i, j), o[1].row(i, j), o[2].row(i, j), o[3].data, o[4].data, o[5].data, o[6].data,
+                  lo, hi);
   }
 }
 
@@ -351,22 +374,37 @@ void gated_output_backward(const at::Tensor& grad, const at::Tensor& residual, c
       gated_output_backward_rows);
 }
 
+// gamma or beta as its two rows, checked: a contiguous float32 CPU 2 x width tensor
+static void push_rows(Operands& o, const at::Tensor& t, int64_t width, const char* name, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == 2 &&
+                  t.size(1) == width && t.is_contiguous(),
+              name, ": ", what, " must be a contiguous float32 CPU tensor of shape (2, ", width, ")");
+  o.push_back(Operand{t.data_ptr<float>(), 0, 0, false});
+  o.push_back(Operand{t.data_ptr<float>() + width, 0, 0, false});
+}
+
+// z_pre, q, k: one shape (Time x Batch x Z, any strides but the last); gamma, beta: 2 x Z
+void query_key(const at::Tensor& z_pre, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& q,
+               const at::Tensor& k) {
+  Operands o = operands({z_pre, q, k}, 1, "query_key");
+  const int64_t width = z_pre.size(2);
+  push_rows(o, gamma, width, "query_key", "gamma");
+  push_rows(o, beta, width, "query_key", "beta");
+  run(z_pre, o, query_key_rows);
+}
+
 // grad_q, grad_k, z_pre, grad_z_pre: one shape (Time x Batch x Z, any strides but the last);
 // gamma: 2 x Z; sums (or None): 4 x Z float64, added to (see query_key_backward_row)
 void query_key_backward(const at::Tensor& grad_q, const at::Tensor& grad_k, const at::Tensor& z_pre,
                         const at::Tensor& gamma, const at::Tensor& grad_z_pre, c10::optional<at::Tensor> sums) {
   Operands o = operands({grad_q, grad_k, z_pre, grad_z_pre}, 3, "query_key_backward");
   const int64_t width = grad_q.size(2);
-  TORCH_CHECK(gamma.device().is_cpu() && gamma.scalar_type() == at::kFloat && gamma.dim() == 2 &&
-                  gamma.size(0) == 2 && gamma.size(1) == width && gamma.is_contiguous(),
-              "query_key_backward: gamma must be a contiguous float32 CPU tensor of shape (2, ", width, ")");
+  push_rows(o, gamma, width, "query_key_backward", "gamma");
   if (sums.has_value()) {
     TORCH_CHECK(sums->device().is_cpu() && sums->scalar_type() == at::kDouble && sums->dim() == 2 &&
                     sums->size(0) == 4 && sums->size(1) == width && sums->is_contiguous(),
                 "query_key_backward: sums must be a contiguous float64 CPU tensor of shape (4, ", width, ")");
   }
-  o.push_back(Operand{gamma.data_ptr<float>(), 0, 0, false});
-  o.push_back(Operand{gamma.data_ptr<float>() + width, 0, 0, false});
   double* total = sums.has_value() ? sums->data_ptr<double>() : nullptr;
   std::mutex merge;
   for_rows(grad_q, [&](int64_t begin, int64_t end) {
@@ -389,6 +427,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("reset_gate_backward", &reset_gate_backward, "the reset gate's backward (see silu_gate_kernels.py)");
   m.def("gated_output", &gated_output, "out = residual + u * (silu(pre) - residual)");
   m.def("gated_output_backward", &gated_output_backward, "its backward (see silu_gate_kernels.py)");
+  m.def("query_key", &query_key, "q = silu(z_pre) * gamma[0] + beta[0], k = silu(z_pre) * gamma[1] + beta[1]",
+        pybind11::arg("z_pre"), pybind11::arg("gamma"), pybind11::arg("beta"), pybind11::arg("q"), pybind11::arg("k"));
   m.def("query_key_backward", &query_key_backward, "the backward of q and k from z = silu(z_pre)",
         pybind11::arg("grad_q"), pybind11::arg("grad_k"), pybind11::arg("z_pre"), pybind11::arg("gamma"),
         pybind11::arg("grad_z_pre"), pybind11::arg("sums") = pybind11::none());

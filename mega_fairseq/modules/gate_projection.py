@@ -31,7 +31,7 @@ from .fused_gates import (
     write_gate_gradient,
 )
 from .recomputed_activations import recompute_on_backward
-from .silu_gate_kernels import query_key_backward, silu_into, silu_with_slope
+from .silu_gate_kernels import query_key_backward, query_key_into, silu_into, silu_with_slope
 
 
 class GateProjection(torch.autograd.Function):
@@ -124,7 +124,6 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases, gamma: Tensor, beta: Te
     blocks = time_blocks(ema_pre)
     steps = blocks[0].stop - blocks[0].start
     mx_buffer = ema_pre.new_empty(steps * bsz * embed_dim)
-    z_buffer = ema_pre.new_empty(steps * bsz * zdim)
     for block in blocks:
         rows = slice(block.start * bsz, block.stop * bsz)
         count = rows.stop - rows.start
@@ -137,20 +136,16 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases, gamma: Tensor, beta: Te
                 # memory not yet touched, then read it back)
                 piece[rows].add_(piece_bias)
         outputs[0][rows].sigmoid_()
-        _query_key_block(zr, block, bsz, zdim, z_buffer, gamma, beta, q, k)
+        _query_key_block(zr, block, bsz, zdim, gamma, beta, q, k)
     return u, zr, hx, q, k
 
 
-def _query_key_block(zr: Tensor, block: slice, bsz: int, zdim: int, z_buffer: Tensor, gamma: Tensor, beta: Tensor,
-                     q: Tensor, k: Tensor):
+def _query_key_block(zr: Tensor, block: slice, bsz: int, zdim: int, gamma: Tensor, beta: Tensor, q: Tensor, k: Tensor):
     """Time steps ``block`` of q and k (Batch x Time x Z) from the ``[z_pre | r_pre]`` buffer ((T B) x (Z +
-    H)): ``z = silu(z_pre)`` of the block into ``z_buffer`` (at least a block's worth), then ``z * gamma[i]
-    + beta[i]``."""
+    H)): ``silu(z_pre) * gamma[i] + beta[i]``, one pass (:func:`~.silu_gate_kernels.query_key_into`)."""
     steps = block.stop - block.start
     z_pre = zr[block.start * bsz : block.stop * bsz, :zdim].view(steps, bsz, zdim)
-    z = silu_into(z_pre, z_buffer[: steps * bsz * zdim].view(steps, bsz, zdim)).transpose(0, 1)
-    torch.addcmul(beta[0], z, gamma[0], out=q[:, block])
-    torch.addcmul(beta[1], z, gamma[1], out=k[:, block])
+    query_key_into(z_pre, gamma.contiguous(), beta.contiguous(), q[:, block].transpose(0, 1), k[:, block].transpose(0, 1))
 
 
 def _query_key_backward(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, gamma: Tensor,
@@ -185,10 +180,8 @@ class _RemadeQueryKey:
         if index not in self.made:
             seq_len, bsz, zdim = self.sizes
             q, k = (self.zr.new_empty(bsz, seq_len, zdim) for _ in range(2))
-            blocks = time_blocks(self.zr.view(seq_len, bsz, -1))
-            z_buffer = self.zr.new_empty((blocks[0].stop - blocks[0].start) * bsz * zdim)
-            for block in blocks:
-                _query_key_block(self.zr, block, bsz, zdim, z_buffer, self.gamma, self.beta, q, k)
+            for block in time_blocks(self.zr.view(seq_len, bsz, -1)):
+                _query_key_block(self.zr, block, bsz, zdim, self.gamma, self.beta, q, k)
             self.made = {0: q, 1: k}
         return self.made.pop(index)
 

@@ -20,6 +20,7 @@ build_ext --inplace`` (``make install``) when torch and a C++ compiler are prese
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 try:  # built by setup.py; optional
@@ -135,6 +136,23 @@ def gated_output_backward(grad: Tensor, residual: Tensor, pre: Tensor, u: Tensor
     torch.ops.aten.silu_backward.grad_input(through, pre, grad_input=grad_pre)
 
 
+def _rows_fit(rows: Tensor, width: int) -> bool:
+    """The kernel takes ``rows`` (gamma or beta) as a contiguous float32 CPU 2 x width tensor."""
+    return rows.dtype == torch.float32 and rows.device.type == "cpu" and rows.shape == (2, width) and rows.is_contiguous()
+
+
+def query_key_into(z_pre: Tensor, gamma: Tensor, beta: Tensor, q: Tensor, k: Tensor):
+    """``q = z * gamma[0] + beta[0]`` and ``k = z * gamma[1] + beta[1]`` with ``z = silu(z_pre)``, written
+    into q and k (all three one shape, e.g. Time x Batch x Z views; gamma, beta 2 x Z). The kernel forms
+    z on the fly (no z-sized temporary)."""
+    if applies(z_pre, q, k) and _rows_fit(gamma, z_pre.size(-1)) and _rows_fit(beta, z_pre.size(-1)):
+        _kernel.query_key(z_pre, gamma, beta, q, k)
+        return
+    z = F.silu(z_pre)
+    torch.addcmul(beta[0], z, gamma[0], out=q)
+    torch.addcmul(beta[1], z, gamma[1], out=k)
+
+
 def query_key_backward(grad_q: Tensor, grad_k: Tensor, z_pre: Tensor, gamma: Tensor, grad_z_pre: Tensor,
                        with_sums: bool) -> Optional[Tensor]:
     """The backward of ``q = z * gamma[0] + beta[0]`` and ``k = z * gamma[1] + beta[1]`` with ``z =
@@ -143,9 +161,7 @@ def query_key_backward(grad_q: Tensor, grad_k: Tensor, z_pre: Tensor, gamma: Ten
     * silu'(z_pre)``. With ``with_sums`` also returns the 4 x Z float64 column sums (over the first two
     dimensions) of ``grad_q * z``, ``grad_k * z``, ``grad_q`` and ``grad_k``: the gradients of gamma and
     beta; else None. The kernel forms z and its slope on the fly (no z-sized temporary)."""
-    gamma_fits = (gamma.dtype == torch.float32 and gamma.device.type == "cpu" and gamma.shape == (2, z_pre.size(-1))
-                  and gamma.is_contiguous())
-    if applies(grad_q, grad_k, z_pre, grad_z_pre) and gamma_fits:
+    if applies(grad_q, grad_k, z_pre, grad_z_pre) and _rows_fit(gamma, z_pre.size(-1)):
         sums = z_pre.new_zeros(4, z_pre.size(-1), dtype=torch.float64) if with_sums else None
         _kernel.query_key_backward(grad_q, grad_k, z_pre, gamma, grad_z_pre, sums)
         return sums

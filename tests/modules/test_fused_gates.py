@@ -387,19 +387,18 @@ def test_q_and_k_are_made_block_by_block_and_remade_in_one_pass(monkeypatch, ker
         monkeypatch.setattr(silu_gate_kernels, "_kernel", None)
     use_cpu_block(monkeypatch, 4)  # 2 time steps of 2 sequences a block: 6 blocks
     blocks, z_steps = [], []
-    query_key_block, silu_into = gate_projection._query_key_block, gate_projection.silu_into
+    query_key_block, query_key_into = gate_projection._query_key_block, gate_projection.query_key_into
 
     def counted_block(zr, block, *args):
         blocks.append((block.start, block.stop))
         return query_key_block(zr, block, *args)
 
-    def recorded_silu(x, out, *args):
-        if x.size(-1) == Z:  # z = silu(z_pre): how many time steps at once
-            z_steps.append(x.size(0))
-        return silu_into(x, out, *args)
+    def recorded_query_key(z_pre, *args):
+        z_steps.append(z_pre.size(0))  # q and k from silu(z_pre): how many time steps at once
+        return query_key_into(z_pre, *args)
 
     monkeypatch.setattr(gate_projection, "_query_key_block", counted_block)
-    monkeypatch.setattr(gate_projection, "silu_into", recorded_silu)
+    monkeypatch.setattr(gate_projection, "query_key_into", recorded_query_key)
     torch.manual_seed(0)
     layer = MovingAverageGatedAttention(D, Z, H, 2, chunk_size=4, max_positions=16)
     x = torch.randn(12, 2, D, requires_grad=True)

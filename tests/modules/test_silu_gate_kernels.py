@@ -151,6 +151,19 @@ def test_gated_output_backward(path, with_residual, with_u):
         assert grad_u.isnan().all()
 
 
+def test_query_key(path):
+    """q, k = silu(z_pre) * gamma[i] + beta[i], written through strided views (as the Batch x Time q and
+    k of a Time x Batch block)."""
+    z_pre = operand(17)
+    gen = torch.Generator().manual_seed(18)
+    gamma, beta = torch.randn(2, 37, generator=gen), torch.randn(2, 37, generator=gen)
+    q, k = outputs(2, z_pre)
+    kernels.query_key_into(z_pre, gamma, beta, q, k)
+    z, g64, b64 = silu64(z_pre), gamma.double(), beta.double()
+    assert_float32_close(q, z * g64[0] + b64[0])
+    assert_float32_close(k, z * g64[1] + b64[1])
+
+
 @pytest.mark.parametrize("with_sums", [True, False])
 def test_query_key_backward(path, with_sums):
     """grad_z_pre and the column sums (gamma's and beta's gradients) of q, k = silu(z_pre) * gamma + beta."""
@@ -218,6 +231,8 @@ def test_kernel_refuses_operands_it_cannot_read():
         kernels._kernel.silu(x, torch.empty_like(x), torch.zeros(5))
     with pytest.raises(RuntimeError, match=r"gamma must be a contiguous float32 CPU tensor of shape \(2, 4\)"):
         kernels._kernel.query_key_backward(x, x, x, torch.zeros(3, 4), torch.empty_like(x))
+    with pytest.raises(RuntimeError, match=r"query_key: beta must be a contiguous float32 CPU tensor of shape \(2, 4\)"):
+        kernels._kernel.query_key(x, torch.zeros(2, 4), torch.zeros(2, 5), torch.empty_like(x), torch.empty_like(x))
     with pytest.raises(RuntimeError, match=r"sums must be a contiguous float64 CPU tensor of shape \(4, 4\)"):
         kernels._kernel.query_key_backward(x, x, x, torch.zeros(2, 4), torch.empty_like(x), torch.zeros(4, 4))
 
