@@ -33,8 +33,9 @@ struct Shape {
 // runs of 2 KiB: with 256-byte runs, one per page, the hardware prefetcher could not follow and
 // the copies waited on memory (half the forward's time). The local arrays hold a segment's rows as
 // they lie in memory, a row a plain copy, block j of step k at [k * kPitch + j]: the pitch is
-// kPanel + 2 blocks, 2,112 bytes, an odd number of cache lines, so one block's steps fall in
-// different cache sets (with a 2 KiB pitch all 64 would share 2 of L1's 64 sets). Copying each row
+// 2,112 bytes (kPanel + 2 blocks of 32 bytes, kPanel + 1 of 64), an odd number of cache lines, so
+// one block's steps fall in different cache sets (with a 2 KiB pitch all 64 steps would share 2 of
+// L1's 64 sets). Copying each row
 // into per-block runs of steps instead ([j * S + k]) wrote 64 scattered half lines a row: measured
 // (d=512, 8192 tokens, 1 thread) 1.4 ms more a forward and 1.7 ms more a backward.
 template <typename T, int Bytes>
@@ -44,7 +45,6 @@ struct Lanes {
   // blocks in a panel (a row run of 2 KiB) and in the pitch of the local arrays (2,112 bytes)
   static constexpr int64_t kPanel = 2048 / Bytes;
   static constexpr int64_t kPitch = 2112 / Bytes;
-  static constexpr int kBytes = Bytes;
 };
 
 // vector sizes in bytes: AVX2 (the forward; the backward where AVX-512 is missing) and AVX-512
@@ -219,7 +219,7 @@ MEGA_INLINE void forward_body(const T* x, T* y, const T* q, const T* pb, const T
   Blocks<Vec>& cq = coef.q, & cp = coef.pb, & cg = coef.g, & co = coef.omega;
   Blocks<Vec> h(kPanel * N), xs(kPitch * S), acc(kPitch * S);
   for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
-    const Panel<T, L::kBytes> panel{c0, std::min(s.d1, c0 + P)};
+    const Panel<T, kNarrow> panel{c0, std::min(s.d1, c0 + P)};
     const int64_t J = panel.blocks();
     coef.load(panel, q, pb, g, omega, N, D);
     for (int64_t b = 0; b < s.B; ++b) {
@@ -263,7 +263,7 @@ MEGA_INLINE void backward_body(const T* x, const T* gy, T* gx, const T* q, const
   Blocks<Vec> start(kPanel * N), so(kPanel), lam(kPanel * N), sq(kPanel * N), spb(kPanel * N), sg(kPanel * N);
   Blocks<Vec> xs(kPitch * S), gs(kPitch * S), ga(kPitch * S), hs((S + 1) * kDims);
   for (int64_t c0 = s.d0; c0 < s.d1; c0 += P) {
-    const Panel<T, L::kBytes> panel{c0, std::min(s.d1, c0 + P)};
+    const Panel<T, Bytes> panel{c0, std::min(s.d1, c0 + P)};
     const int64_t J = panel.blocks();
     coef.load(panel, q, pb, g, omega, N, D);
     for (int64_t b = 0; b < s.B; ++b) {
