@@ -105,13 +105,12 @@ class GateSplit(torch.autograd.Function):
 
 
 def query_key_gradients(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, z: Tensor, gamma: Tensor,
-                        need_gamma: bool, need_beta: bool, slope: Optional[Tensor] = None):
+                        need_gamma: bool, need_beta: bool):
     """``(grad_z_pre, grad_gamma, grad_beta)`` from the gradients of ``q = z * gamma[0] + beta[0]`` and
     ``k = z * gamma[1] + beta[1]`` (each Batch x Time x Z or None), with ``z = silu(z_pre)``.
 
-    z_pre, z: Time x Batch x Z; gamma: 2 x Z; slope: ``silu'(z_pre)`` when already formed (else
-    computed here). grad_z_pre is Time x Batch x Z contiguous, or None when neither q nor k has a
-    gradient (the gamma and beta gradients are then zero).
+    z_pre, z: Time x Batch x Z; gamma: 2 x Z. grad_z_pre is Time x Batch x Z contiguous, or None
+    when neither q nor k has a gradient (the gamma and beta gradients are then zero).
     """
     if grad_q is None and grad_k is None:
         return None, (torch.zeros_like(gamma) if need_gamma else None), (torch.zeros_like(gamma) if need_beta else None)
@@ -121,10 +120,7 @@ def query_key_gradients(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pr
     grad_q_tb, grad_k_tb = grad_q.transpose(0, 1), grad_k.transpose(0, 1)
     grad_z = torch.mul(grad_q_tb, gamma[0], out=torch.empty_like(z, memory_format=torch.contiguous_format))
     grad_z.addcmul_(grad_k_tb, gamma[1])
-    if slope is None:
-        grad_z_pre = torch.ops.aten.silu_backward.grad_input(grad_z, z_pre, grad_input=grad_z)
-    else:
-        grad_z_pre = grad_z.mul_(slope)
+    grad_z_pre = torch.ops.aten.silu_backward.grad_input(grad_z, z_pre, grad_input=grad_z)
     grad_gamma = grad_beta = None
     if need_gamma:
         grad_gamma = torch.stack([(grad_q_tb * z).sum((0, 1)), (grad_k_tb * z).sum((0, 1))])

@@ -48,11 +48,13 @@ class GateProjection(torch.autograd.Function):
         seq_len, bsz, _ = ema_pre.shape
         sizes = [embed_dim, zdim + hdim, embed_dim]
         weights = weight.split(sizes)
+        # as the query/key kernel reads them, once for every block here and in the remake
+        gamma_rows, beta_rows = gamma.contiguous(), beta.contiguous()
         biases = bias.split(sizes) if bias is not None else (None, None, None)
         # zr: (T B) x (Z + H), z_pre then r_pre; q and k: B x T x Z
-        u, zr, hx, q, k = _project_in_blocks(ema_pre, weights, biases, gamma, beta, zdim)
+        u, zr, hx, q, k = _project_in_blocks(ema_pre, weights, biases, gamma_rows, beta_rows, zdim)
         # q and k are not kept by the attention's score matmul: remade from the kept [z | r_pre]
-        remade = _RemadeQueryKey(zr, gamma, beta, seq_len, bsz, zdim)
+        remade = _RemadeQueryKey(zr, gamma_rows, beta_rows, seq_len, bsz, zdim)
         for index, tensor in enumerate((q, k)):
             recompute_on_backward(tensor, functools.partial(remade, index))
         ctx.sizes = (embed_dim, zdim, hdim)
@@ -142,10 +144,11 @@ def _project_in_blocks(ema_pre: Tensor, weights, biases, gamma: Tensor, beta: Te
 
 def _query_key_block(zr: Tensor, block: slice, bsz: int, zdim: int, gamma: Tensor, beta: Tensor, q: Tensor, k: Tensor):
     """Time steps ``block`` of q and k (Batch x Time x Z) from the ``[z_pre | r_pre]`` buffer ((T B) x (Z +
-    H)): ``silu(z_pre) * gamma[i] + beta[i]``, one pass (:func:`~.silu_gate_kernels.query_key_into`)."""
+    H)): ``silu(z_pre) * gamma[i] + beta[i]``, one pass (:func:`~.silu_gate_kernels.query_key_into`;
+    gamma and beta contiguous, as the kernel takes them)."""
     steps = block.stop - block.start
     z_pre = zr[block.start * bsz : block.stop * bsz, :zdim].view(steps, bsz, zdim)
-    query_key_into(z_pre, gamma.contiguous(), beta.contiguous(), q[:, block].transpose(0, 1), k[:, block].transpose(0, 1))
+    query_key_into(z_pre, gamma, beta, q[:, block].transpose(0, 1), k[:, block].transpose(0, 1))
 
 
 def _query_key_backward(grad_q: Optional[Tensor], grad_k: Optional[Tensor], z_pre: Tensor, gamma: Tensor,
